@@ -171,6 +171,11 @@ def find_cliffs(rewards):
     return rewards.sum(1) == 0
 
 
+def r1_filter(completions, answers, reward_fn):
+    """Algorithm 1, line 5: keep the privileged rollouts whose reward is 1. -> list of bool."""
+    return [reward_fn(c, a) >= 1 for c, a in zip(completions, answers)]
+
+
 # ----------------------------------------------------------------------------------------------
 # Per-token losses. Pure functions: logits in, one value per position out.
 
@@ -535,7 +540,7 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
                 with amp():
                     priv_rollouts = generate(model, tokenizer, [priv[i] for i in chosen], num_samples=args.privileged_generations, **gen)
                 owners = [chosen[j // args.privileged_generations] for j in range(len(priv_rollouts))]
-                priv_ok = [reward_fn(o["text"], batch[i]["answer"]) >= 1 for o, i in zip(priv_rollouts, owners)]
+                priv_ok = r1_filter([o["text"] for o in priv_rollouts], [batch[i]["answer"] for i in owners], reward_fn)
                 pairs = [(rollouts[i * G]["prompt_ids"], o["prompt_ids"], o["completion_ids"])
                          for o, i, ok in zip(priv_rollouts, owners, priv_ok) if ok]
             t_gen = time.time() - t0
@@ -589,7 +594,7 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
                             "completion": o["text"], "reward": float(rewards.view(-1)[i])} for i, o in enumerate(rollouts)]
                 samples += [{"step": step, "kind": "privileged", "problem": batch[i]["problem"], "answer": batch[i]["answer"],
                              "completion": o["text"], "reward": float(ok)} for o, i, ok in zip(priv_rollouts, owners, priv_ok)] if priv_rollouts else []
-                for smp in samples[:args.samples_per_step] + [x for x in samples if x["kind"] == "privileged"][:args.samples_per_step]:
+                for smp in [x for x in samples if x["kind"] == "plain"][:args.samples_per_step] + [x for x in samples if x["kind"] == "privileged"][:args.samples_per_step]:
                     append_jsonl(paths["samples"], smp)
                 ppr = "-" if row["privileged_pass_rate"] is None else f"{row['privileged_pass_rate']:.2f}"
                 val = " | val " + " ".join(f"{k[4:]} {v:.3f}" for k, v in row.items() if k.startswith("val_") and v is not None) if "val_greedy" in row or any(k.startswith("val_pass") for k in row) else ""
