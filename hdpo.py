@@ -328,6 +328,18 @@ def all_reduce_grads(model):
         torch.nn.utils.vector_to_parameters(flat, [p.grad for p in params])
 
 
+def step_gradients(model, teacher, seqs, advantages, pairs, args, device, amp=contextlib.nullcontext):
+    """∇(L_GRPO + λ L_JSD) for this rank's rollouts (seqs, advantages) and distillation pairs, summed
+    over ranks into .grad. Both losses are divided by the global token counts, so the gradient does
+    not depend on how the batch is split. Returns (L_GRPO, L_JSD, N_GRPO tokens, N_JSD tokens)."""
+    n_grpo, n_jsd = all_sum([sum(len(c) for _, c in seqs), sum(len(y) for *_, y in pairs)], device)
+    loss_grpo = grpo_backward(model, seqs, advantages, max(n_grpo, 1), args, device, amp)
+    loss_jsd = jsd_backward(model, teacher, pairs, n_jsd, args, device, amp) if pairs and args.distill_weight > 0 else 0.0
+    all_reduce_grads(model)
+    loss_grpo, loss_jsd = all_sum([loss_grpo, loss_jsd], device)
+    return loss_grpo, loss_jsd, int(n_grpo), int(n_jsd)
+
+
 # ----------------------------------------------------------------------------------------------
 # Data: the 95/5 split with the seed, and a deterministic prompt stream (epoch e is a fresh
 # permutation seeded with seed + e), so a checkpoint only needs the stream position.
@@ -545,15 +557,12 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
                          for o, i, ok in zip(priv_rollouts, owners, priv_ok) if ok]
             t_gen = time.time() - t0
 
-            # line 6: losses, token counts summed over all ranks; line 7: one update
-            n_grpo, n_jsd = all_sum([sum(len(o["completion_ids"]) for o in rollouts), sum(len(y) for *_, y in pairs)], device)
+            # line 6: L_GRPO + λ L_JSD, normalised by global token counts; line 7: one update
             optimizer.zero_grad(set_to_none=True)
             model.train()
             seqs = [(o["prompt_ids"], o["completion_ids"]) for o in rollouts]
-            loss_grpo = grpo_backward(model, seqs, advantages.flatten().tolist(), max(n_grpo, 1), args, device, amp)
-            loss_jsd = jsd_backward(model, teacher, pairs, n_jsd, args, device, amp) if pairs else 0.0
-            all_reduce_grads(model)
-            loss_grpo, loss_jsd = all_sum([loss_grpo, loss_jsd], device)
+            loss_grpo, loss_jsd, n_grpo, n_jsd = step_gradients(model, teacher, seqs, advantages.flatten().tolist(),
+                                                                pairs, args, device, amp)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm).item()
             lr = scheduler.get_last_lr()[0]
             finite = all(math.isfinite(v) for v in (grad_norm, loss_grpo, loss_jsd))
