@@ -228,7 +228,7 @@ def completion_hidden(model, seqs, device):
         rows += [b] * len(c)
         cols += range(len(p) - 1, len(p) + len(c) - 1)
         targets += list(c)
-    hidden = model.base_model(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state  # [B, L, H]
+    hidden = model.base_model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).last_hidden_state  # [B, L, H]
     return hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)], torch.tensor(targets, device=device)
 
 
