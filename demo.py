@@ -1,0 +1,320 @@
+"""Offline demo: `python hdpo.py --demo` (no hub, no GPU, a few minutes on 2 CPU cores).
+
+What it shows: GRPO gets no gradient from "cliff" prompts (all G rollouts wrong); HDPO distils
+the same model's answer-hinted (privileged) solutions into it on exactly those prompts.
+
+1. A character-level tokenizer and a synthetic arithmetic task with exact integer answers, four
+   levels of difficulty; worked solutions end in \\boxed{N}, so verify.py is the reward.
+2. A tiny Qwen2 built from a config (no download), warm-started with a few hundred supervised
+   steps: plain prompts only for the easy levels, privileged prompts (hdpo.privileged_prompt)
+   for every level. It can then solve easy prompts some of the time and copy a hinted answer,
+   while the hard levels are cliffs. Saved to <output-dir>/warm_start.
+3. Two arms from that folder, same seed and steps, through hdpo.train (the code that trains
+   the real model): GRPO (λ = 0) and HDPO (λ > 0).
+4. The same measurements for both arms: cliff fraction of the training prompts (G fresh samples
+   at temperature 1, all wrong) before and after, and held-out greedy / pass@1,4,8.
+   Writes <output-dir>/demo_summary.json, <arm>/metrics.jsonl (hdpo.train) and demo.png.
+
+Demo settings replace the paper's defaults only for flags left at those defaults; all are printed.
+Nothing here is part of the algorithm.
+"""
+import copy
+import json
+import os
+import random
+import time
+from types import MappingProxyType
+
+import torch
+
+# Demo settings, applied to flags left at their paper defaults (see demo_args).
+DEMO_TRAINING = (("max_steps", 40), ("prompts_per_step", 16), ("num_generations", 8), ("max_new_tokens", 32),
+                 ("lr", 1e-3), ("warmup_steps", 0), ("distill_weight", 1.0), ("privileged_generations", 4),
+                 ("micro_batch_size", 64), ("generation_batch_size", 256), ("eval_every", 0), ("seed", 0))
+# Task and warm start (demo only, not flags).
+LEVELS = ("a+b", "a*b", "a plus b", "a times b", "ab+cd")  # the last three are never shown without a hint
+PLAIN_LEVELS = ("a+b", "a*b")
+N_TRAIN, N_HELDOUT, N_WARM = 120, 80, 2000  # per task, spread evenly over the levels
+MODEL = MappingProxyType(dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+WARM = MappingProxyType(dict(steps=400, batch=32, lr=2e-3, plain_fraction=0.3))
+HELDOUT_N, HELDOUT_KS = 8, (1, 4, 8)
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}Q: {{ m['content'] }}\nA: {% endif %}"
+                 "{% endfor %}")
+EOS = "<|endoftext|>"
+
+
+# ---------------------------------------------------------------------------------------- task
+
+def make_row(rng, level):
+    """One problem of `level`: {"problem", "answer", "solution", "level"}; the solution ends in \\boxed{answer}.
+    The word forms need the same arithmetic as the symbolic ones, written differently; the warm start
+    shows them only with the answer in the prompt."""
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    if level in ("a*b", "a times b"):
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+    if level == "ab+cd":
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+    op, ans = ("*", a * b) if "*" in level or "times" in level else ("+", a + b)
+    text = {"a plus b": f"{a} plus {b}", "a times b": f"{a} times {b}"}.get(level, f"{a}{op}{b}")
+    return {"problem": f"What is {text}?", "answer": str(ans), "solution": f"{a}{op}{b}={ans}. \\boxed{{{ans}}}",
+            "level": level}
+
+
+def make_task(seed, n_train=N_TRAIN, n_heldout=N_HELDOUT, n_warm=N_WARM):
+    """(train, heldout, warm), each spread evenly over LEVELS. Training and held-out problems are
+    all distinct; the warm-start pool is drawn freely from the same distribution (the single-digit
+    levels have only 100 and 64 distinct problems, so it repeats those)."""
+    rng, seen, train_heldout = random.Random(seed), set(), []
+    for i in range(n_train + n_heldout):
+        r = make_row(rng, LEVELS[i % len(LEVELS)])
+        while r["problem"] in seen:
+            r = make_row(rng, LEVELS[i % len(LEVELS)])
+        seen.add(r["problem"])
+        train_heldout.append(r)
+    warm = [make_row(rng, LEVELS[i % len(LEVELS)]) for i in range(n_warm)]
+    return train_heldout[:n_train], train_heldout[n_train:], warm
+
+
+# ---------------------------------------------------------------------------- tokenizer, model
+
+def build_tokenizer(out_dir=None):
+    """A character-level tokenizer: Qwen2's byte-level BPE with all 256 byte symbols and no merges,
+    so every ASCII character is one token and any text encodes. EOS = pad = <|endoftext|>, as in
+    Qwen2.5-Math. It is a Qwen2Tokenizer because that is what AutoTokenizer rebuilds for a folder
+    whose config.json says qwen2 (transformers 5), whatever tokenizer.json holds. The chat template
+    keeps only the user message (eval.chat_prompt also sends a system prompt)."""
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 byte-level symbols
+    vocab = {EOS: 0, **{c: i + 1 for i, c in enumerate(symbols)}}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token=EOS, pad_token=EOS, unk_token=EOS,
+                         clean_up_tokenization_spaces=False)
+    tok.chat_template = CHAT_TEMPLATE
+    if out_dir:
+        tok.save_pretrained(out_dir)
+    return tok
+
+
+def build_model(tokenizer, seed):
+    """A tiny random Qwen2ForCausalLM (MODEL) sized to the tokenizer, built from a config."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=True,
+                      bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      max_window_layers=MODEL["num_hidden_layers"], **MODEL)
+    return Qwen2ForCausalLM(cfg)
+
+
+# ------------------------------------------------------------------------------------ warm start
+
+def sft_batch(tokenizer, pairs):
+    """(prompt text, completion text) pairs -> right-padded input_ids, attention_mask, labels (completion + EOS only)."""
+    ids, labels = [], []
+    for prompt, completion in pairs:
+        p = tokenizer(prompt, add_special_tokens=False).input_ids
+        c = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        ids.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(map(len, ids))
+    pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]
+    mask = [[1] * len(x) + [0] * (width - len(x)) for x in ids]
+    return torch.tensor(pad(ids, tokenizer.pad_token_id)), torch.tensor(mask), torch.tensor(pad(labels, -100))
+
+
+def warm_start(model, tokenizer, rows, seed, steps, batch, lr, plain_fraction):
+    """Supervised steps on worked solutions, prompts formatted by eval.chat_prompt as hdpo.train does:
+    plain prompts only for PLAIN_LEVELS, privileged prompts (answer in the prompt) for every level."""
+    from eval import chat_prompt
+    from hdpo import privileged_prompt
+
+    rng, plain = random.Random(seed), [r for r in rows if r["level"] in PLAIN_LEVELS]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    model.train()
+    for step in range(steps):
+        pairs = []
+        for _ in range(batch):
+            if rng.random() < plain_fraction:
+                r = rng.choice(plain)
+                pairs.append((chat_prompt(tokenizer, r["problem"]), r["solution"]))
+            else:
+                r = rng.choice(rows)
+                pairs.append((chat_prompt(tokenizer, privileged_prompt(r["problem"], r["answer"])), r["solution"]))
+        ids, mask, labels = sft_batch(tokenizer, pairs)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+    model.eval()
+    return loss.item()
+
+
+# ---------------------------------------------------------------------------------- measurements
+
+def cliff_fraction(model, tokenizer, rows, G, max_new_tokens, seed, privileged=False):
+    """Fraction of `rows` whose G fresh samples (temperature 1.0) are all wrong under verify.reward,
+    overall and per level; with privileged=True the prompts carry the answer (a check of the warm start)."""
+    from eval import chat_prompt, generate
+    from hdpo import privileged_prompt
+    from verify import reward
+
+    texts = [privileged_prompt(r["problem"], r["answer"]) if privileged else r["problem"] for r in rows]
+    torch.manual_seed(seed)
+    outs = generate(model, tokenizer, [chat_prompt(tokenizer, t) for t in texts], num_samples=G, temperature=1.0,
+                    max_new_tokens=max_new_tokens, batch_size=256)
+    cliff = [not any(reward(o["text"], r["answer"]) for o in outs[i * G:(i + 1) * G]) for i, r in enumerate(rows)]
+    by_level = {lv: [c for c, r in zip(cliff, rows) if r["level"] == lv] for lv in LEVELS}
+    return sum(cliff) / len(cliff), {lv: round(sum(c) / len(c), 3) for lv, c in by_level.items() if c}
+
+
+def heldout_metrics(model, tokenizer, rows, max_new_tokens, seed):
+    """eval.evaluate on the held-out problems: greedy and pass@1,4,8 from HELDOUT_N samples."""
+    from eval import evaluate
+    torch.manual_seed(seed)
+    res = evaluate(model, tokenizer, [r["problem"] for r in rows], [r["answer"] for r in rows], n=HELDOUT_N,
+                   ks=HELDOUT_KS, max_new_tokens=max_new_tokens, batch_size=256, progress=False)
+    return {k: res[k] for k in ("greedy",) + tuple(f"pass@{k}" for k in HELDOUT_KS)}
+
+
+# -------------------------------------------------------------------------------------- the demo
+
+def demo_args(args):
+    """A copy of args with DEMO_TRAINING applied to every flag left at its paper default.
+    Returns (args, names of the flags the demo set)."""
+    from hdpo import build_parser
+    parser, a, changed = build_parser(), copy.copy(args), []
+    for name, value in DEMO_TRAINING:
+        if getattr(a, name) == parser.get_default(name):
+            setattr(a, name, value)
+            changed.append(name)
+    return a, changed
+
+
+def build_warm_start(out_dir, train, warm, seed):
+    """Tokenizer + tiny Qwen2 + supervised warm start, saved to out_dir; returns (model, tokenizer)."""
+    t0 = time.time()
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, seed)
+    loss = warm_start(model, tokenizer, warm, seed, **WARM)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"warm start: {n / 1e3:.0f}k-parameter Qwen2, {WARM['steps']} supervised steps, final loss {loss:.3f}, "
+          f"{time.time() - t0:.0f}s -> {out_dir}", flush=True)
+    return model, tokenizer
+
+
+def measure(model, tokenizer, train, heldout, a):
+    """The measurements shared by both arms: training-prompt cliff fraction and held-out metrics."""
+    cf, by_level = cliff_fraction(model, tokenizer, train, a.num_generations, a.max_new_tokens, a.seed + 1)
+    return {"cliff_fraction": cf, "cliff_fraction_by_level": by_level,
+            "heldout": heldout_metrics(model, tokenizer, heldout, a.max_new_tokens, a.seed + 2)}
+
+
+def run_arm(arm, a, warm_dir, train, start, heldout):
+    """hdpo.train from the warm start (λ = 0 for grpo), then the same measurements as at the start."""
+    import shutil
+    from eval import load_model
+    from hdpo import train as hdpo_train
+
+    arm_args = copy.copy(a)
+    arm_args.output_dir, arm_args.model = os.path.join(a.output_dir, arm), warm_dir
+    arm_args.distill_weight = 0.0 if arm == "grpo" else a.distill_weight
+    if arm_args.resume == "latest" and not os.path.isdir(os.path.join(arm_args.output_dir, "checkpoints")):
+        arm_args.resume = None  # nothing to resume for this arm: start it
+    if not arm_args.resume:  # a fresh run (hdpo.train appends to metrics.jsonl)
+        shutil.rmtree(arm_args.output_dir, ignore_errors=True)
+    print(f"\n=== {arm.upper()} (λ = {arm_args.distill_weight}) ===", flush=True)
+    t0 = time.time()
+    res = hdpo_train(arm_args, train, None)
+    time_s = time.time() - t0
+    if res.get("interrupted"):
+        raise KeyboardInterrupt
+    model, tokenizer = load_model(os.path.join(arm_args.output_dir, "final"), device="cpu", dtype=torch.float32)
+    end = measure(model, tokenizer, train, heldout, a)
+    return {"distill_weight": arm_args.distill_weight, "steps": res["steps"], "time_s": round(time_s, 1),
+            "cliff_fraction_start": start["cliff_fraction"], "cliff_fraction_end": end["cliff_fraction"],
+            "cliff_fraction_by_level_start": start["cliff_fraction_by_level"],
+            "cliff_fraction_by_level_end": end["cliff_fraction_by_level"],
+            "heldout": end["heldout"], "heldout_start": start["heldout"]}
+
+
+def print_table(summary):
+    """The side-by-side table on the console."""
+    arms = list(summary)
+    cell = lambda v: f"{v:>18.3f}" if isinstance(v, float) else f"{v!s:>18}"
+    lines = [("cliff fraction, start", lambda s: s["cliff_fraction_start"]),
+             ("cliff fraction, end", lambda s: s["cliff_fraction_end"])]
+    lines += [(f"held-out {k}", lambda s, k=k: s["heldout"][k]) for k in ("greedy",) + tuple(f"pass@{k}" for k in HELDOUT_KS)]
+    lines += [("train time (s)", lambda s: s["time_s"]), ("steps", lambda s: s["steps"])]
+    print("\n" + " " * 24 + "".join(cell(f"{arm.upper()} (λ={summary[arm]['distill_weight']:g})") for arm in arms))
+    for label, get in lines:
+        print(f"{label:24}" + "".join(cell(get(summary[arm])) for arm in arms))
+    if len(arms) == 2:
+        d = summary["grpo"]["cliff_fraction_end"] - summary["hdpo"]["cliff_fraction_end"]
+        print(f"\nHDPO leaves {d:+.3f} of the training prompts fewer as cliffs than GRPO (absolute; the demo's claim: >= 0.10).")
+
+
+def plot(out_dir, arms):
+    """demo.png: batch cliff fraction and mean reward per step, each arm (needs matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no demo.png")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for arm in arms:
+        with open(os.path.join(out_dir, arm, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        for ax, key in zip(axes, ("cliff_fraction", "reward_mean")):
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=arm.upper())
+    for ax, title in zip(axes, ("cliff fraction of the step's prompts", "mean reward of the step's rollouts")):
+        ax.set_title(title), ax.set_xlabel("step"), ax.legend(), ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "demo.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_demo(args):
+    """`python hdpo.py --demo`: warm start, then GRPO and/or HDPO, measured the same way; see the module docstring."""
+    from eval import load_model
+
+    t0 = time.time()
+    a, changed = demo_args(args)
+    arms = ("grpo", "hdpo") if a.arms == "both" else (a.arms,)
+    random.seed(a.seed), torch.manual_seed(a.seed)
+    train, heldout, warm = make_task(a.seed)
+    warm_dir = os.path.join(a.output_dir, "warm_start")
+    print(f"HDPO demo | {len(train)} training prompts, {len(heldout)} held-out problems, levels {', '.join(LEVELS)} "
+          f"(plain warm start only on {', '.join(PLAIN_LEVELS)}) | arms: {', '.join(arms)}")
+    print("settings: " + ", ".join(f"{k}={getattr(a, k)}{'' if k in changed else ' (yours)'}" for k, _ in DEMO_TRAINING))
+    print(f"model: {dict(MODEL)}; warm start: {dict(WARM)}")
+    if a.resume and os.path.exists(os.path.join(warm_dir, "config.json")):
+        model, tokenizer = load_model(warm_dir, device="cpu", dtype=torch.float32)
+    else:
+        model, tokenizer = build_warm_start(warm_dir, train, warm, a.seed)
+    start = measure(model, tokenizer, train, heldout, a)
+    _, priv = cliff_fraction(model, tokenizer, train, a.num_generations, a.max_new_tokens, a.seed + 3, privileged=True)
+    print(f"warm start: cliff fraction {start['cliff_fraction']:.3f} by level {start['cliff_fraction_by_level']}; "
+          f"with the answer in the prompt: {priv}", flush=True)
+    path = os.path.join(a.output_dir, "demo_summary.json")
+    summary = {}
+    if len(arms) == 1 and os.path.exists(path):  # one arm: keep the other arm's last result
+        with open(path) as f:
+            summary = {k: v for k, v in json.load(f).items() if k in ("grpo", "hdpo")}
+    for arm in arms:
+        summary[arm] = run_arm(arm, a, warm_dir, train, start, heldout)
+        summary[arm]["settings"] = {k: getattr(a, k) for k, _ in DEMO_TRAINING if k != "distill_weight"}
+    summary = {arm: summary[arm] for arm in ("grpo", "hdpo") if arm in summary}
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+    print_table(summary)
+    png = plot(a.output_dir, arms)
+    print(f"\nwrote {path}" + (f", {png}" if png else "")
+          + f" | demo total {time.time() - t0:.0f}s")
+    return summary

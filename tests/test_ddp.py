@@ -1,0 +1,238 @@
+"""Issue 7: torchrun / multi-process training, on CPU with gloo (`pytest -k ddp`).
+
+The tests start `python -m torch.distributed.run --standalone --nproc_per_node 2` on this very file;
+run as a script it is the worker (see `worker_*` below), so the workers call the same functions the
+training loop calls: hdpo.step_gradients and hdpo.train.
+"""
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import hdpo
+from conftest import DATA, ROOT
+
+HERE = os.path.abspath(__file__)
+CASES = ("even", "uneven", "idle")  # how the fixed batch is split over the 2 ranks
+TEACHERS = ("frozen", "drifting")
+
+
+def torchrun(*args, nproc=2, timeout=240, script=HERE):
+    """`torchrun --standalone --nproc_per_node nproc script args` as a subprocess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))  # the worker imports hdpo
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           script, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def weights_hash(model):
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- a fixed batch, split three ways
+
+def fixed_batch():
+    """The batch of test_hdpo (4 rollouts, 3 distillation pairs) plus one zero-advantage rollout (a
+    solved or cliff group: its tokens count in N_GRPO, it has no gradient)."""
+    from test_hdpo import ADV, PAIRS, SEQS
+    seqs = SEQS + [([50, 51], [52, 53, 54])]
+    adv = ADV + [0.0]
+    return seqs, adv, PAIRS
+
+
+def shards(case, rank):
+    """(seqs, advantages, pairs) of `rank` in a 2-rank split; the union over ranks is fixed_batch()."""
+    seqs, adv, pairs = fixed_batch()
+    split = {
+        "even": ([0, 1, 4], [2, 3], [0, 1], [2]),  # both ranks have rollouts and distillation pairs
+        "uneven": ([0, 1, 2], [3, 4], [0, 1, 2], []),  # rank 1: no cliff prompts, no distillation tokens
+        "idle": ([0, 1, 2, 3], [4], [0, 1, 2], []),  # rank 1: only a zero-advantage rollout, so no .grad at all
+    }[case]
+    s, p = split[rank], split[2 + rank]
+    return [seqs[i] for i in s], [adv[i] for i in s], [pairs[i] for i in p]
+
+
+def models(teacher_kind):
+    from test_hdpo import small_model
+    model = small_model(0)
+    if teacher_kind == "drifting":
+        return model, model
+    teacher = small_model(1).requires_grad_(False).eval()
+    return model, teacher
+
+
+def case_gradients(case, teacher_kind, rank=None):
+    """Run hdpo.step_gradients on rank's shard (rank None: the whole batch on one process).
+    -> (grads by parameter name, (L_GRPO, L_JSD, N_GRPO, N_JSD))."""
+    from test_hdpo import grads, loss_args
+    model, teacher = models(teacher_kind)
+    if rank is None:
+        seqs, adv, pairs = fixed_batch()
+    else:
+        seqs, adv, pairs = shards(case, rank)
+    model.zero_grad(set_to_none=True)
+    out = hdpo.step_gradients(model, teacher, seqs, adv, pairs, loss_args(), torch.device("cpu"))
+    return grads(model), out
+
+
+# ---------------------------------------------------------------- workers (run under torchrun)
+
+def init_gloo():
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def worker_grad(out_dir):
+    rank, ws = init_gloo()
+    assert ws == 2 and hdpo.world() == (rank, 2)
+    res = {f"{c}/{t}": case_gradients(c, t, rank) for c in CASES for t in TEACHERS}
+    torch.save(res, os.path.join(out_dir, f"grads-{rank}.pt"))
+
+
+def worker_train(model_dir, out_dir):
+    """`hdpo.py` under torchrun, through hdpo.main (which notices RANK/WORLD_SIZE and starts gloo), scored
+    with the hash reward; each rank writes the hash of its final weights."""
+    import types
+    from test_hdpo import hash_reward
+    fake = types.ModuleType("verify")  # a random model never earns a real reward
+    fake.reward = hash_reward
+    sys.modules["verify"] = fake
+    policy, seen = {}, {}
+    load, train = hdpo.load_model, hdpo.train
+
+    def capture(*a, **kw):  # the policy is the first model train() loads
+        m, tok = load(*a, **kw)
+        policy.setdefault("model", m)
+        return m, tok
+
+    def train_and_record(args, *a, **kw):
+        seen["world"] = list(hdpo.world())
+        out = train(args, *a, **kw)
+        seen["steps"] = out["steps"]
+        return out
+
+    hdpo.load_model, hdpo.train = capture, train_and_record
+    hdpo.main(["--model", model_dir, "--dataset", os.path.join(DATA, "openmathinstruct2_sample.jsonl"),
+               "--output-dir", out_dir, "--max-steps", "2", "--prompts-per-step", "4", "--num-generations", "2",
+               "--max-new-tokens", "8", "--lr", "1e-3", "--warmup-steps", "0", "--distill-weight", "1.0",
+               "--teacher", "frozen", "--privileged-generations", "2", "--eval-every", "2", "--eval-problems", "3",
+               "--eval-n", "2", "--eval-k", "1", "2"])
+    rank = int(os.environ["RANK"])
+    with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as f:
+        json.dump({"weights": weights_hash(policy["model"]), **seen}, f)
+
+
+# ---------------------------------------------------------------- the tests
+
+@pytest.fixture(scope="module")
+def ddp_grads(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_grads")
+    proc = torchrun("grad", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return [torch.load(os.path.join(out, f"grads-{r}.pt")) for r in (0, 1)]
+
+
+@pytest.mark.parametrize("teacher", TEACHERS)
+@pytest.mark.parametrize("case", CASES)
+def test_ddp_gradient_equals_single_process(ddp_grads, case, teacher):
+    """∇(L_GRPO + λ L_JSD) of a fixed batch split over 2 gloo ranks (even; uneven, one rank without
+    cliff prompts or distillation tokens; one rank with no gradient at all) equals the 1-process
+    gradient of the whole batch, on every rank, and so do the returned losses and token counts."""
+    want, (lg, lj, ng, nj) = case_gradients(case, teacher)
+    assert any(g.abs().sum() > 0 for g in want.values())
+    assert lj > 0 and nj == sum(len(y) for *_, y in fixed_batch()[2])
+    for rank in (0, 1):
+        got, (rg, rj, rng, rnj) = ddp_grads[rank][f"{case}/{teacher}"]
+        assert (rng, rnj) == (ng, nj), rank  # global token counts
+        assert rg == pytest.approx(lg, abs=1e-6) and rj == pytest.approx(lj, abs=1e-6), rank
+        assert got.keys() == want.keys()
+        for k in want:
+            assert torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-7), (rank, k, (got[k] - want[k]).abs().max())
+
+
+def test_ddp_split_really_differs_per_rank():
+    """Sanity for the test above: each rank's local gradient (no all-reduce) differs from the total,
+    so the equality is the all-reduce's doing, not an artefact of identical shards."""
+    from test_hdpo import grads, loss_args
+    seqs, adv, pairs = shards("uneven", 0)
+    model, teacher = models("frozen")
+    n = sum(len(c) for _, c in fixed_batch()[0])
+    hdpo.grpo_backward(model, seqs, adv, n, loss_args(), torch.device("cpu"))
+    local = grads(model)
+    want, _ = case_gradients("uneven", "frozen")
+    assert any(not torch.allclose(local[k], want[k]) for k in want)
+
+
+def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 hdpo.py ...` on gloo: one metrics row per step with world_size 2 and
+    global counts, validation gathered from both ranks, a checkpoint with each rank's RNG state, and both
+    ranks end with the same weights (which moved from the initial ones)."""
+    out = tmp_path / "run"
+    proc = torchrun("train", tiny_qwen_dir, out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert m["world_size"] == 2
+        assert m["privileged_rollouts"] == 2 * m["num_cliffs"] <= 2 * 4
+        assert m["cliff_fraction"] == pytest.approx(m["num_cliffs"] / 4)  # 4 prompts over both ranks
+        # N_GRPO is global: 4 prompts x 2 rollouts, both ranks' tokens (each rank alone has <= 4 x 8)
+        assert m["grpo_tokens"] == pytest.approx(m["completion_len_mean"] * 8)
+        assert m["grpo_tokens"] > 4 * 8 or m["truncated_fraction"] < 1
+    assert metrics[1]["val_greedy"] is not None
+    evals = read_jsonl(out / "eval.jsonl")
+    assert len(evals) == 1 and evals[0]["step"] == 2 and evals[0]["n_problems"] == 3  # gathered: 2 + 1
+    ranks = [json.load(open(out / f"rank-{r}.json")) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [[0, 2], [1, 2]] and all(r["steps"] == 2 for r in ranks)
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients all-reduced, same update everywhere
+    from eval import load_model
+    ckpt = hdpo.find_checkpoint("latest", str(out))
+    assert os.path.exists(os.path.join(ckpt, "rng-0.pt")) and os.path.exists(os.path.join(ckpt, "rng-1.pt"))
+    saved = load_model(os.path.join(ckpt, "model"), device="cpu", dtype=torch.float32)[0]
+    assert weights_hash(saved) == ranks[0]["weights"]  # rank 0 saved the weights every rank has
+    init = load_model(tiny_qwen_dir, device="cpu", dtype=torch.float32)[0]
+    assert weights_hash(init) != ranks[0]["weights"]
+    teacher = load_model(os.path.join(ckpt, "teacher"), device="cpu", dtype=torch.float32)[0]
+    assert weights_hash(teacher) == weights_hash(init)  # the frozen teacher: initial weights
+    assert not glob.glob(str(out / "checkpoints" / "*.tmp"))
+
+
+@pytest.mark.skipif(not os.environ.get("HDPO_DEMO_TESTS"), reason="the demo takes minutes (its warm start): "
+                    "HDPO_DEMO_TESTS=1 runs it")
+def test_ddp_demo_command_runs_under_torchrun(tmp_path):
+    """The issue's command: torchrun --standalone --nproc_per_node 2 hdpo.py --demo --arms hdpo --max-steps 2."""
+    out = tmp_path / "demo"
+    proc = torchrun("--demo", "--arms", "hdpo", "--max-steps", "2", "--output-dir", out, timeout=1800,
+                    script=os.path.join(ROOT, "hdpo.py"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    found = glob.glob(str(out / "**" / "metrics.jsonl"), recursive=True)
+    assert found, f"no metrics.jsonl under {out}"
+    for path in found:
+        rows = read_jsonl(path)
+        assert [r["step"] for r in rows] == [1, 2] and all(r["world_size"] == 2 for r in rows), path
+
+
+if __name__ == "__main__":  # a torchrun worker: test_ddp.py grad OUT | train MODEL_DIR OUT
+    mode, *rest = sys.argv[1:]
+    {"grad": worker_grad, "train": worker_train}[mode](*rest)
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,111 @@
+"""The offline demo (`python hdpo.py --demo`), shortened: a few warm-start and training steps."""
+import json
+import os
+
+import pytest
+
+import demo
+import hdpo
+
+ARMS = ("grpo", "hdpo")
+
+
+def test_tokenizer_round_trips_prompts_and_solutions(tmp_path):
+    from transformers import AutoTokenizer
+
+    from eval import chat_prompt
+
+    train, heldout, warm = demo.make_task(0, n_train=8, n_heldout=4, n_warm=8)
+    rows = train + heldout + warm
+    demo.build_tokenizer(str(tmp_path))
+    # AutoTokenizer rebuilds a Qwen2 pipeline when config.json says qwen2: load it as hdpo.train does.
+    demo.build_model(demo.build_tokenizer(), 0).config.save_pretrained(str(tmp_path))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert tok.eos_token_id is not None and tok.pad_token_id is not None
+    texts = [chat_prompt(tok, hdpo.privileged_prompt(r["problem"], r["answer"])) + r["solution"] for r in rows]
+    texts += [chat_prompt(tok, r["problem"]) for r in rows]
+    for text in texts:
+        ids = tok(text, add_special_tokens=False).input_ids
+        assert len(ids) == len(text)  # one token per character
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    for r in rows:
+        assert r["solution"].endswith("\\boxed{" + r["answer"] + "}") and int(r["answer"]) == eval(r["problem"][8:-1].replace(" plus ", "+").replace(" times ", "*"))
+    assert not {r["problem"] for r in train} & {r["problem"] for r in heldout}
+
+
+@pytest.fixture(scope="module")
+def short_demo(tmp_path_factory, request):
+    """One shortened demo run, shared by the tests below."""
+    out = str(tmp_path_factory.mktemp("demo"))
+    mp = pytest.MonkeyPatch()
+    request.addfinalizer(mp.undo)
+    mp.setattr(demo, "WARM", dict(demo.WARM, steps=6, batch=8))
+    make_task = demo.make_task
+    mp.setattr(demo, "make_task", lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32))
+    argv = ["--demo", "--output-dir", out, "--prompts-per-step", "4", "--num-generations", "4",
+            "--privileged-generations", "2", "--max-new-tokens", "12"]
+    hdpo.main(argv + ["--max-steps", "2"])
+    return out, argv
+
+
+def test_demo_summary_fields(short_demo):
+    out, _ = short_demo
+    with open(os.path.join(out, "demo_summary.json")) as f:
+        summary = json.load(f)
+    assert set(summary) == set(ARMS)
+    for arm in ARMS:
+        s = summary[arm]
+        for key in ("cliff_fraction_start", "cliff_fraction_end"):
+            assert isinstance(s[key], float) and 0.0 <= s[key] <= 1.0
+        assert set(s["heldout"]) == {"greedy", "pass@1", "pass@4", "pass@8"}
+        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in s["heldout"].values())
+        assert s["heldout"]["pass@1"] <= s["heldout"]["pass@4"] <= s["heldout"]["pass@8"]
+        assert isinstance(s["time_s"], float) and s["time_s"] >= 0
+        assert s["steps"] == 2
+    assert summary["grpo"]["distill_weight"] == 0.0 and summary["hdpo"]["distill_weight"] > 0
+    # both arms start from the same warm start, measured the same way
+    assert summary["grpo"]["cliff_fraction_start"] == summary["hdpo"]["cliff_fraction_start"]
+
+
+def test_demo_writes_metrics_per_step(short_demo):
+    out, _ = short_demo
+    for arm in ARMS:
+        with open(os.path.join(out, arm, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        assert [r["step"] for r in rows] == [1, 2]
+        assert all(0.0 <= r["cliff_fraction"] <= 1.0 and 0.0 <= r["reward_mean"] <= 1.0 for r in rows)
+        assert all(r["distill_tokens"] == 0 for r in rows) if arm == "grpo" else True
+        assert os.path.isdir(os.path.join(out, arm, "final"))
+
+
+def test_demo_warm_start_loads(short_demo):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = short_demo
+    path = os.path.join(out, "warm_start")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.model_type == "qwen2" and model.config.vocab_size == len(tok)
+    ids = tok("Q: What is 1+2?\nA: ", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+
+
+def test_demo_plot(short_demo):
+    pytest.importorskip("matplotlib")
+    out, _ = short_demo
+    assert os.path.getsize(os.path.join(out, "demo.png")) > 0
+
+
+def test_demo_resume_and_one_arm(short_demo):
+    """--resume reuses the warm start and each arm's checkpoint; --arms runs one arm."""
+    out, argv = short_demo
+    with open(os.path.join(out, "demo_summary.json")) as f:
+        before = json.load(f)
+    hdpo.main(argv + ["--resume", "--arms", "hdpo", "--max-steps", "3"])
+    with open(os.path.join(out, "demo_summary.json")) as f:
+        summary = json.load(f)
+    assert summary["hdpo"]["steps"] == 3 and summary["grpo"] == before["grpo"]  # the other arm's result is kept
+    with open(os.path.join(out, "hdpo", "metrics.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f if line.strip()] == [1, 2, 3]
