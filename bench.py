@@ -167,8 +167,8 @@ def child_naive(cfg):
     adv = [1.0 if i % 2 else -1.0 for i in range(len(seqs))]
     n_tok = sum(len(c) for _, c in seqs)
 
-    def one_pass():
-        for i in range(0, len(seqs), cfg["micro_batch"]):
+    def one_pass(limit=None):
+        for i in range(0, limit or len(seqs), cfg["micro_batch"]):
             mb = seqs[i:i + cfg["micro_batch"]]
             full = [p + c for p, c in mb]
             L = max(len(x) for x in full)
@@ -184,7 +184,7 @@ def child_naive(cfg):
             a = torch.tensor(adv[i:i + len(mb)])[:, None]
             loss = -(logp * a * cmask[:, 1:]).sum() / n_tok
             loss.backward()
-    one_pass()  # warm-up
+    one_pass(limit=cfg["micro_batch"])  # warm-up: one micro-batch
     times, cpu = [], []
     for _ in range(cfg["repeats"]):
         model.zero_grad(set_to_none=True)
@@ -227,7 +227,7 @@ def child_trl(cfg):
         output_dir=out, per_device_train_batch_size=mb, gradient_accumulation_steps=P * G // mb, num_generations=G,
         max_completion_length=cfg["new_tokens"], generation_kwargs={"min_new_tokens": cfg["new_tokens"]},
         loss_type="dapo", beta=0.0, temperature=1.0, top_k=0, top_p=1.0, learning_rate=1e-6, weight_decay=0.01,
-        max_grad_norm=1.0, lr_scheduler_type="constant", max_steps=cfg["warmup_steps"] + cfg["steps"], logging_steps=1,
+        max_grad_norm=1.0, lr_scheduler_type="constant", max_steps=cfg["warmup_steps"] + cfg["trl_steps"], logging_steps=1,
         report_to="none", save_strategy="no", use_cpu=True, bf16=False, fp16=False, seed=42, disable_tqdm=True,
         dataloader_num_workers=0, log_completions=False, shuffle_dataset=True)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok,
@@ -387,18 +387,18 @@ def child_genopts(cfg):
             def run(warm, cache=cache):
                 c = dict(cfg, new_tokens=4 if warm else n)
                 model.generate(input_ids=input_ids, attention_mask=mask, generation_config=hf_gen_config(tok, c, cache_implementation=cache))
-            timed(f"hf_generate_{cache}", run, cfg["repeats"])
+            timed(f"hf_generate_{cache}", run, cfg["genopts_repeats"])
         try:
             def run_cb(warm):
                 c = dict(cfg, new_tokens=4 if warm else n)
                 model.generate_batch(inputs=ids, generation_config=hf_gen_config(tok, c), progress_bar=False)
-            timed("hf_generate_batch", run_cb, cfg["repeats"])
+            timed("hf_generate_batch", run_cb, cfg["genopts_repeats"])
         except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
             res["hf_generate_batch"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
 
         def run_ours(warm):
             ev.generate(model, tok, texts, num_samples=cfg["generations"], max_new_tokens=4 if warm else n, batch_size=128)
-        timed("eval_generate", run_ours, cfg["repeats"])
+        timed("eval_generate", run_ours, cfg["genopts_repeats"])
 
         # exactness: greedy decodes (no sampling noise) must agree token for token
         k = cfg["exact_tokens"]
@@ -431,8 +431,14 @@ CHILDREN = {"hf_generate": child_hf_generate, "naive": child_naive, "trl": child
             "hdpo_cliffs": child_hdpo_cliffs, "memlen": child_memlen, "genopts": child_genopts}
 
 
+OURS = ("hdpo", "hdpo_cliffs", "memlen")
+
+
 def child_main(name, cfg):
     sys.path.insert(0, HERE)
+    if cfg.get("patch") and name in OURS:  # --ab: a candidate change, applied before the measurement
+        import runpy
+        runpy.run_path(cfg["patch"], run_name="bench_patch")
     t = time.perf_counter()
     res = CHILDREN[name](cfg)
     res["peak_rss_mb"] = proc_status_kb("VmHWM") / 1024
@@ -448,7 +454,10 @@ def child_main(name, cfg):
 def run_child(name, cfg, python, timeout, log):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
-    label = name + (f"[{cfg['length']}]" if name == "memlen" else "")
+    # OpenMP threads that sleep instead of spinning while they wait: on a shared machine, spinning threads of a
+    # 2-thread torch lose most of their time to other processes (measured: 6x the CPU time for decoding).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    label = name + (f"[{cfg['length']}]" if name == "memlen" else "") + ("+patch" if cfg.get("patch") else "")
     print(f"-- {label} ...", flush=True)
     t = time.perf_counter()
     try:
@@ -475,54 +484,61 @@ def fmt(v, spec=".1f"):
 
 def report(R, cfg):
     lines = []
-    trl = R.get("trl", {}) if "error" not in R.get("trl", {"error": 1}) else None
+    trl = R.get("trl") if "median_s" in R.get("trl", {}) else None
     lines.append(f"machine: {os.cpu_count()} CPU threads (torch threads {R['torch_threads']}), torch {R['torch_version']}, "
                  f"transformers {R['transformers_version']}" + (f", TRL {trl['trl_version']}" if trl else ", TRL not run"))
     lines.append(f"setting: {cfg['prompts']} prompts x {cfg['generations']} rollouts x {cfg['new_tokens']} new tokens, "
-                 f"vocab 151,936, hidden 64, 2 layers, fp32 CPU")
+                 f"vocab 151,936, hidden 64, 2 layers, fp32 CPU; wall = median wall time, CPU = median process CPU time")
     lines.append("")
-    lines.append(f"{'method':<34}{'median time (s)':>16}{'peak RSS (MB)':>15}{'time/TRL':>10}{'RSS/TRL':>9}")
-    rows = [("HF generate (32x64, dynamic cache)", "hf_generate"), ("naive fp32 full-vocab fwd+bwd", "naive"),
-            ("TRL GRPOTrainer step", "trl"), ("ours: hdpo step, λ=0", "hdpo"),
-            (f"ours: hdpo step, λ={cfg['distill_weight']}, all cliffs", "hdpo_cliffs")]
+    lines.append(f"{'method':<40}{'wall (s)':>9}{'CPU (s)':>9}{'peak RSS (MB)':>15}{'wall/TRL':>10}{'CPU/TRL':>9}{'RSS/TRL':>9}")
+    lam = cfg["distill_weight"]
+    rows = [("HF generate alone (32x64)", "hf_generate"), ("naive fp32 full-vocab fwd+bwd", "naive"),
+            ("TRL GRPOTrainer step", "trl"), ("ours: hdpo step, λ=0", "hdpo"), ("ours + patch, λ=0", "hdpo+patch"),
+            (f"ours: λ={lam}, every prompt a cliff", "hdpo_cliffs"), (f"ours + patch: λ={lam}, all cliffs", "hdpo_cliffs+patch")]
     for label, key in rows:
         r = R.get(key)
         if not r:
             continue
         if "error" in r:
-            lines.append(f"{label:<34}  error: {r['error'][:80]}")
+            lines.append(f"{label:<40}  error: {r['error'][:80]}")
             continue
-        tr = fmt(r["median_s"] / trl["median_s"], ".2f") if trl else "-"
-        mr = fmt(r["peak_rss_mb"] / trl["peak_rss_mb"], ".2f") if trl else "-"
-        lines.append(f"{label:<34}{r['median_s']:>16.2f}{r['peak_rss_mb']:>15.0f}{tr:>10}{mr:>9}")
-    h = R.get("hdpo", {})
-    if "median_s" in h:
-        lines.append(f"  ours λ=0: generation {h['generation_median_s']:.2f} s + training {h['train_median_s']:.2f} s (medians)")
-    c = R.get("hdpo_cliffs", {})
-    if "median_s" in c and "median_s" in h:
-        lines.append(f"  HDPO overhead (all {cfg['prompts']} prompts cliffs, {c['privileged_generations']} privileged rollouts each): "
-                     f"{c['median_s']:.2f} s vs {h['median_s']:.2f} s = x{c['median_s'] / h['median_s']:.2f} "
-                     f"(generation {c['generation_median_s']:.2f} s, training {c['train_median_s']:.2f} s)")
-    ml = [R[k] for k in sorted((k for k in R if k.startswith("memlen_")), key=lambda k: int(k.split("_")[1]))]
-    if ml:
+        ratio = lambda k: fmt(r[k] / trl[k], ".2f") if trl and r.get(k) and trl.get(k) else "-"
+        lines.append(f"{label:<40}{r['median_s']:>9.2f}{fmt(r.get('cpu_median_s'), '.2f'):>9}{r['peak_rss_mb']:>15.0f}"
+                     f"{ratio('median_s'):>10}{ratio('cpu_median_s'):>9}{ratio('peak_rss_mb'):>9}")
+    for suffix in ["", "+patch"]:
+        h, c = R.get("hdpo" + suffix, {}), R.get("hdpo_cliffs" + suffix, {})
+        tag = "ours" + suffix
+        if "median_s" in h:
+            lines.append(f"  {tag} λ=0: generation {h['generation_median_s']:.2f} s + scoring/losses/update {h['train_median_s']:.2f} s (wall medians)")
+        if "median_s" in c and "median_s" in h:
+            lines.append(f"  {tag} HDPO overhead, all {cfg['prompts']} prompts cliffs x {c['privileged_generations']} privileged rollouts: "
+                         f"{c['median_s']:.2f} s vs {h['median_s']:.2f} s = x{c['median_s'] / h['median_s']:.2f} wall, "
+                         f"x{c['cpu_median_s'] / h['cpu_median_s']:.2f} CPU (generation {c['generation_median_s']:.2f} s, rest {c['train_median_s']:.2f} s)")
+    keys = sorted((k for k in R if k.startswith("memlen_")), key=lambda k: (int(k.split("_")[1].split("+")[0]), k))
+    if keys:
         lines.append("")
-        lines.append("peak memory of our loss passes vs completion length (one micro-batch of 4 sequences, synthetic tokens):")
-        lines.append(f"{'new tokens':>10}{'positions':>10}{'GRPO peak (MB)':>16}{'JSD peak (MB)':>15}{'process peak (MB)':>19}{'full [N,V] fp32 (MB)':>22}")
-        for m in ml:
+        lines.append("peak memory of our loss passes vs completion length (grpo_backward, then jsd_backward, on one micro-batch")
+        lines.append(f"of {cfg['micro_batch']} synthetic sequences; rise of the resident set above its level before the call):")
+        lines.append(f"{'variant':<8}{'new tokens':>11}{'positions':>10}{'GRPO (MB)':>11}{'JSD (MB)':>10}{'GRPO (s)':>10}{'JSD (s)':>9}"
+                     f"{'process peak (MB)':>19}{'one [N,V] fp32 (MB)':>21}")
+        for k in keys:
+            m = R[k]
+            var = "patch" if k.endswith("+patch") else "current"
             if "error" in m:
-                lines.append(f"{'?':>10}  error: {m['error'][:80]}")
+                lines.append(f"{var:<8}  error: {m['error'][:80]}")
                 continue
-            lines.append(f"{m['length']:>10}{m['positions']:>10}{fmt(m['grpo_backward_peak_above_base_mb'], '.0f'):>16}"
-                         f"{fmt(m['jsd_backward_peak_above_base_mb'], '.0f'):>15}{m['peak_rss_mb']:>19.0f}{m['full_vocab_fp32_mb']:>22.0f}")
+            lines.append(f"{var:<8}{m['length']:>11}{m['positions']:>10}{fmt(m['grpo_backward_peak_above_base_mb'], '.0f'):>11}"
+                         f"{fmt(m['jsd_backward_peak_above_base_mb'], '.0f'):>10}{m['grpo_backward_s']:>10.1f}{m['jsd_backward_s']:>9.1f}"
+                         f"{m['peak_rss_mb']:>19.0f}{m['full_vocab_fp32_mb']:>21.0f}")
     g = R.get("genopts")
     if g and "error" not in g:
         lines.append("")
-        lines.append(f"generation options (CPU, 32 x {cfg['new_tokens']} tokens; GPU not measured):")
+        lines.append(f"generation options (CPU, 32 x {cfg['new_tokens']} tokens, sampling; GPU not measured):")
         for k in ["hf_generate_dynamic", "hf_generate_static", "hf_generate_batch", "eval_generate"]:
             v = g.get(k, {})
-            lines.append(f"  {k:<22} " + (f"{v['median_s']:.2f} s" if "median_s" in v else v.get("error", "-")))
-        lines.append(f"  greedy outputs identical to dynamic cache: {g.get('greedy_identical_to_dynamic')}")
-        lines.append(f"  sampled, same seed, static == dynamic: {g.get('sampled_same_seed_static_equals_dynamic')}")
+            lines.append(f"  {k:<22} " + (f"wall {v['median_s']:.2f} s, CPU {v['cpu_median_s']:.2f} s" if "median_s" in v else v.get("error", "-")))
+        lines.append(f"  greedy outputs identical to the dynamic cache's: {g.get('greedy_identical_to_dynamic')}")
+        lines.append(f"  sampled with the same seed, static == dynamic: {g.get('sampled_same_seed_static_equals_dynamic')}")
     return "\n".join(lines)
 
 
@@ -532,12 +548,16 @@ def main(argv=None):
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--trl-python", default=None, help="python with trl installed (default: this one, else /work/venv-bench)")
     p.add_argument("--only", default=None, help="comma-separated subset of: hf_generate,naive,trl,hdpo,hdpo_cliffs,memlen,genopts")
-    p.add_argument("--steps", type=int, default=None, help="measured steps per training method (default 4; quick 2)")
+    p.add_argument("--steps", type=int, default=None, help="measured steps of our runs, after 1 warm-up step (default 3; quick 2)")
+    p.add_argument("--trl-steps", type=int, default=None, help="measured TRL steps, after 1 warm-up step (default 2; quick 1)")
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="completion lengths for the memory table")
     p.add_argument("--distill-weight", type=float, default=0.1, help="λ of the all-cliffs run")
     p.add_argument("--threads", type=int, default=0, help="torch threads in every child (0: torch's default)")
     p.add_argument("--model-dir", default=None, help="reuse this model folder instead of building one")
     p.add_argument("--hdpo-flags", default="", help="extra hdpo.py flags for our runs, e.g. '--logit-chunk 256'")
+    p.add_argument("--ab", default=None, metavar="PATCH.py",
+                   help="also run our steps and the memory table with this Python file executed first in the child "
+                        "(it may monkeypatch hdpo/eval): A/B a candidate change against the same baseline run")
     p.add_argument("--output", default="bench_results.json")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cfg", default=None, help=argparse.SUPPRESS)
@@ -552,7 +572,8 @@ def main(argv=None):
     from offline import build_random_qwen
     model_dir = a.model_dir or build_random_qwen(tempfile.mkdtemp(prefix="bench_model_"), hidden_size=64, num_layers=2)
     cfg = {"model": model_dir, "prompts": 4, "generations": 8, "new_tokens": 64, "micro_batch": 4, "threads": a.threads,
-           "repeats": 2 if a.quick else 3, "steps": a.steps or (2 if a.quick else 4), "warmup_steps": 1,
+           "repeats": 1 if a.quick else 2, "steps": a.steps or (2 if a.quick else 3), "warmup_steps": 1,
+           "trl_steps": a.trl_steps or (1 if a.quick else 2), "genopts_repeats": 1,
            "distill_weight": a.distill_weight, "exact_tokens": 16, "hdpo_flags": a.hdpo_flags.split()}
     lengths = a.lengths or ([64, 256] if a.quick else [64, 256, 1024])
     only = set(a.only.split(",")) if a.only else {"hf_generate", "naive", "trl", "hdpo", "hdpo_cliffs", "memlen", "genopts"}
@@ -577,9 +598,15 @@ def main(argv=None):
         for name in ["hf_generate", "naive", "trl", "hdpo", "hdpo_cliffs", "genopts"]:
             if name in only:
                 R[name] = run_child(name, cfg, trl_python if name == "trl" else sys.executable, 1800, log)
+        if a.ab:
+            for name in ["hdpo", "hdpo_cliffs"]:
+                if name in only:
+                    R[name + "+patch"] = run_child(name, dict(cfg, patch=os.path.abspath(a.ab)), sys.executable, 1800, log)
         if "memlen" in only:
             for L in lengths:
                 R[f"memlen_{L}"] = run_child("memlen", dict(cfg, length=L), sys.executable, 1800, log)
+                if a.ab:
+                    R[f"memlen_{L}+patch"] = run_child("memlen", dict(cfg, length=L, patch=os.path.abspath(a.ab)), sys.executable, 1800, log)
     R["total_wall_s"] = time.perf_counter() - t0
     table = report(R, cfg)
     R["table"] = table

@@ -28,11 +28,11 @@ from types import MappingProxyType
 import torch
 
 # Demo settings, applied to flags left at their paper defaults (see demo_args).
-DEMO_TRAINING = (("max_steps", 40), ("prompts_per_step", 16), ("num_generations", 8), ("max_new_tokens", 32),
-                 ("lr", 1e-3), ("warmup_steps", 0), ("distill_weight", 1.0), ("privileged_generations", 4),
-                 ("micro_batch_size", 64), ("generation_batch_size", 256), ("eval_every", 0), ("seed", 0))
+DEMO_TRAINING = (("max_steps", 60), ("prompts_per_step", 16), ("num_generations", 8), ("max_new_tokens", 32),
+                 ("lr", 1e-4), ("warmup_steps", 5), ("distill_weight", 1.0), ("micro_batch_size", 64),
+                 ("generation_batch_size", 256), ("eval_every", 0))
 # Task and warm start (demo only, not flags).
-LEVELS = ("a+b", "a*b", "a plus b", "a times b", "ab+cd")  # the last three are never shown without a hint
+LEVELS = ("a+b", "a*b", "sum of a and b", "product of a and b", "ab+cd")  # the last three: only with a hint
 PLAIN_LEVELS = ("a+b", "a*b")
 N_TRAIN, N_HELDOUT, N_WARM = 120, 80, 2000  # per task, spread evenly over the levels
 MODEL = MappingProxyType(dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
@@ -50,12 +50,12 @@ def make_row(rng, level):
     The word forms need the same arithmetic as the symbolic ones, written differently; the warm start
     shows them only with the answer in the prompt."""
     a, b = rng.randint(0, 9), rng.randint(0, 9)
-    if level in ("a*b", "a times b"):
+    if "*" in level or "product" in level:
         a, b = rng.randint(2, 9), rng.randint(2, 9)
     if level == "ab+cd":
         a, b = rng.randint(10, 99), rng.randint(10, 99)
-    op, ans = ("*", a * b) if "*" in level or "times" in level else ("+", a + b)
-    text = {"a plus b": f"{a} plus {b}", "a times b": f"{a} times {b}"}.get(level, f"{a}{op}{b}")
+    op, ans = ("*", a * b) if "*" in level or "product" in level else ("+", a + b)
+    text = f"the {level.split()[0]} of {a} and {b}" if " of " in level else f"{a}{op}{b}"
     return {"problem": f"What is {text}?", "answer": str(ans), "solution": f"{a}{op}{b}={ans}. \\boxed{{{ans}}}",
             "level": level}
 
@@ -227,7 +227,7 @@ def run_arm(arm, a, warm_dir, train, start, heldout):
         shutil.rmtree(arm_args.output_dir, ignore_errors=True)
     print(f"\n=== {arm.upper()} (λ = {arm_args.distill_weight}) ===", flush=True)
     t0 = time.time()
-    res = hdpo_train(arm_args, train, None)
+    res = hdpo_train(arm_args, train, heldout)  # validation on held-out only with --eval-every
     time_s = time.time() - t0
     if res.get("interrupted"):
         raise KeyboardInterrupt
@@ -294,10 +294,9 @@ def run_demo(args):
           f"(plain warm start only on {', '.join(PLAIN_LEVELS)}) | arms: {', '.join(arms)}")
     print("settings: " + ", ".join(f"{k}={getattr(a, k)}{'' if k in changed else ' (yours)'}" for k, _ in DEMO_TRAINING))
     print(f"model: {dict(MODEL)}; warm start: {dict(WARM)}")
-    if a.resume and os.path.exists(os.path.join(warm_dir, "config.json")):
-        model, tokenizer = load_model(warm_dir, device="cpu", dtype=torch.float32)
-    else:
-        model, tokenizer = build_warm_start(warm_dir, train, warm, a.seed)
+    if not (a.resume and os.path.exists(os.path.join(warm_dir, "config.json"))):
+        build_warm_start(warm_dir, train, warm, a.seed)
+    model, tokenizer = load_model(warm_dir, device="cpu", dtype=torch.float32)  # as the arms will load it
     start = measure(model, tokenizer, train, heldout, a)
     _, priv = cliff_fraction(model, tokenizer, train, a.num_generations, a.max_new_tokens, a.seed + 3, privileged=True)
     print(f"warm start: cliff fraction {start['cliff_fraction']:.3f} by level {start['cliff_fraction_by_level']}; "

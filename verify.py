@@ -4,30 +4,34 @@
     reward(response, answer) -> float   the same as 1.0 / 0.0 (what hdpo.py calls)
     extract_answer(text) -> str | None  the final answer of a completion
 
-    python verify.py RESPONSE ANSWER    prints true/false, exit status 0/1
-    python verify.py --jsonl FILE       rows {response, answer[, expected]}; prints the agreement
+    python verify.py RESPONSE ANSWER    prints true or false; exit status 0 or 1
+    python verify.py --jsonl FILE       rows {response, answer[, expected]}: prints how many verify
+                                        true and, for rows with `expected`, the share where
+                                        verify(response, answer) == expected (also per label)
 
-Standard library + sympy, no eval/exec/sympify of model output. Pipeline:
-  1. extract: last \\boxed{} (adjacent boxes joined: "\\boxed{1} and \\boxed{2}"), else a later
-     "final answer is ..." / "the answer is ..." / "#### ...", else the later of the last $...$
-     and the last number; a short non-prose text is taken whole. The gold goes through the same
-     extraction when it holds a box or such a phrase, else it is used whole.
-  2. normalise the string (_RULES, one regex per rule) and parse it with a small
-     recursive-descent parser into sympy numbers / expressions / intervals / matrices, plus
-     three tuples of our own: Tup (ordered), Set (unordered), Rel (relation chain).
-  3. compare: equal normalised strings, else structural matching of sets/tuples/intervals/
-     matrices/relations, exact sympy arithmetic for rationals, numeric evaluation for the rest
-     (free symbols are given fixed sample values; no simplify).
+Standard library + sympy; model output is never eval'ed or sympify'd. Three steps:
+  1. extract: the last \\boxed{} / \\fbox{} (boxes that only "and" or commas separate are joined),
+     else "final answer is ..." / "the answer is ..." / "#### ...", else whichever comes later of
+     the last $...$ and the last number; a short text that is not prose is taken whole. A phrase
+     after the last box wins when it goes on with math. The gold goes through the same extraction
+     when it holds a box or such a phrase, else it is used whole.
+  2. normalise the string (_RULES: one regex per rule) and parse it with a small recursive-descent
+     parser into sympy numbers, expressions, intervals and matrices, plus four tuples of our own:
+     Tup (ordered), Set (unordered), Lst (a bare list) and Rel (a relation chain).
+  3. compare: equal normalised strings; else structural matching of sets, tuples, intervals,
+     matrices and relations, exact arithmetic for rationals, and numeric evaluation for the rest
+     (free symbols get fixed sample values; sympy.simplify is never called).
 
 Where it departs from Math-Verify (huggingface/Math-Verify, default settings):
-  - no timeout by signal: work is bounded before sympy sees it (answer length, nesting depth,
-    literal size, exponent and factorial size are refused) plus a deadline checked between
-    comparison steps, so it is safe in threads and worker processes and power towers fail fast;
-  - inequality <-> interval works both ways (Math-Verify: gold inequality vs predicted interval
-    only), and "1 - 1/e" is not equal to "1 + 1/e";
-  - float tolerance: |a - b| <= 1e-6 * min(1, max(|a|, |b|)) when a decimal is involved,
-    instead of rounding both sides to 6 decimal places;
-  - symbolic equality by evaluation at sample points (positive reals), not sympy.simplify.
+  - no signal-based timeout: work is bounded before sympy sees it (answer length, nesting depth,
+    literal size, exponent, factorial and union sizes are refused; inequalities are solved by our
+    own sign chart) and a deadline is checked between comparison steps, so it runs in threads and
+    worker processes and power towers fail fast instead of hanging;
+  - an inequality matches an interval both ways (Math-Verify: gold inequality vs predicted
+    interval only), and "1 - 1/e" does not equal "1 + 1/e";
+  - decimals: |a - b| <= 1e-6 * min(1, max(|a|, |b|)) instead of rounding both to 6 places;
+  - expressions with free symbols are compared at sample points (positive reals), equations
+    by proportionality of lhs - rhs, base subscripts are dropped (204_5 reads as 204).
 """
 import functools
 import json
@@ -42,27 +46,23 @@ import sympy as sp
 
 __all__ = ["extract_answer", "verify", "reward"]
 
-BUDGET_S = 0.9            # per-call deadline for the comparison phase
+BUDGET_S = 0.9            # deadline of one verify() call (checked between comparison steps)
 MAX_ANSWER = 2000         # longer answers are compared as strings only
-MAX_DEPTH = 60            # bracket nesting beyond this is not parsed
+MAX_DEPTH = 60            # deeper bracket nesting is not parsed
 MAX_DIGITS = 1000         # longer number literals are not parsed
-MAX_POW_BITS = 100_000    # refuse numeric powers whose result would exceed this many bits
+MAX_POW_BITS = 100_000    # exact powers with a bigger result are refused
 MAX_FACTORIAL = 2000
-TAIL = 2000               # the last $...$ / number is searched in this many trailing chars
+TAIL = 2000               # the last $...$ and the last number are looked for in this tail
 
-Tup = namedtuple("Tup", "items")        # ordered: (a, b), [1, 2, 3]
-Set = namedtuple("Set", "items")        # unordered: {a, b}, \{a, b\}
-Lst = namedtuple("Lst", "items")        # a bare list "a, b" or "a and b": unordered, but read in order against a tuple
-Rel = namedtuple("Rel", "ops parts")    # a op b op c ... with ops among = < <= > >= !=
-PM = sp.Symbol("±")                     # stands for \pm until _expand_pm splits it
+Tup = namedtuple("Tup", "items")        # (a, b), [1, 2, 3]: ordered
+Set = namedtuple("Set", "items")        # {a, b}, \{a, b\}: unordered
+Lst = namedtuple("Lst", "items")        # a, b / a and b: unordered, but read in order against a Tup
+Rel = namedtuple("Rel", "ops parts")    # parts[0] ops[0] parts[1] ...; ops among = < <= > >= !=
+PM = sp.Symbol("±")                     # \pm while parsing; _expand_pm splits it into two values
 
 
 class _Fail(Exception):
-    """The text is not something this parser understands (or it is too big to evaluate)."""
-
-
-class _Timeout(Exception):
-    pass
+    """Not something the parser understands, or too big to evaluate."""
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -72,51 +72,49 @@ _SEGMENT = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\(
 _NUMBER = re.compile(r"(?<![\w.])(?:(?<![\d)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?(?:/\d+)?(?:\s*%)?"
                      r"|(?<![\w.])\.\d+")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
-_NOT_PROSE = {"and", "percent", "percentage", "pct", "degrees", "text", "mbox", "textbf"}
+_NOT_PROSE = frozenset({"and", "percent", "percentage", "pct", "degrees"})
+_LATEX = re.compile(r"\\boxed|\\fbox|\$|\\\(|\\\[")
 
 
 def _clean(text):
-    text = str(text).replace("\x00", "")
-    # literally doubled backslashes in front of LaTeX commands: \\frac -> \frac
-    return re.sub(r"(?<!\\)\\\\(?=(?:boxed|frac|dfrac|tfrac|left|right|sqrt|text|le|ge|leq|geq|pi|cdot|"
-                  r"times|pm|infty|in|cup|mathrm)(?![a-zA-Z]))", r"\\", text)
+    # NUL bytes; doubled backslashes before commands (\\frac -> \frac), as in escaped JSON dumps
+    return re.sub(r"(?<!\\)\\\\(?=(?:boxed|frac|dfrac|tfrac|left|right|sqrt|text|le|ge|leq|geq|pi|cdot|times|pm|"
+                  r"infty|in|cup|mathrm)(?![a-zA-Z]))", r"\\", str(text).replace("\x00", ""))
 
 
 def _box_content(text, i):
-    while i < len(text) and text[i] == " ":
+    """(content, end) of the box whose argument starts at i; unbalanced braces: the rest."""
+    while text[i:i + 1] == " ":
         i += 1
-    if i >= len(text):
-        return None, i
-    if text[i] != "{":  # \boxed 5
+    if text[i:i + 1] != "{":  # \boxed 5
         m = re.match(r"[^\s$]+", text[i:i + 200])
         return (m.group(0).rstrip(".,"), i + m.end()) if m else (None, i)
-    depth, start, end = 0, i + 1, min(len(text), i + 20000)
+    depth, end = 0, min(len(text), i + 20000)
     for m in re.finditer(r"[{}]", text[i:end]):
         depth += 1 if m.group() == "{" else -1
         if depth == 0:
-            return text[start:i + m.start()], i + m.end()
-    return text[start:end], end  # unbalanced: the rest
+            return text[i + 1:i + m.start()], i + m.end()
+    return text[i + 1:end], end
 
 
 def _boxes(text):
-    """The last box, joined with the boxes before it that only "and"/commas separate from it."""
+    """(content of the last box joined with the boxes just before it, end of the last box)."""
     spans = []
     for m in list(_BOX.finditer(text))[-30:]:
         content, end = _box_content(text, m.end())
         if content is not None:
-            spans = [s for s in spans if not (m.start() < s[1] and s[0] < m.start())] + [(m.start(), end, content)]
+            spans.append((m.start(), end, content))
+    spans = [s for s in spans if not any(o[0] < s[0] < o[1] for o in spans)]  # drop boxes inside boxes
     if not spans:
         return None, -1
-    spans = [s for s in spans if not any(o[0] < s[0] and s[1] <= o[1] for o in spans)]  # drop nested
     group = [spans[-1]]
-    for s in reversed(spans[:-1]):
-        sep = text[s[1]:group[0][0]]
-        words = re.sub(r"\\[a-zA-Z]+|[\s$\\{}()\[\],;.:+&~]", " ", sep).split()
-        if words and not (len(sep) <= 60 and ({"and", "or"} & set(words))):
+    for s in reversed(spans[:-1]):  # join while the gap is only punctuation, or a short "... and ..."
+        gap = text[s[1]:group[0][0]]
+        words = re.sub(r"\\[a-zA-Z]+|[\s$\\{}()\[\],;.:+&~]", " ", gap).split()
+        if words and not (len(gap) <= 60 and {"and", "or"} & set(words)):
             break
         group.insert(0, s)
-    contents = list(dict.fromkeys(c.strip() for _, _, c in group))
-    return ", ".join(contents), spans[-1][1]
+    return ", ".join(dict.fromkeys(c.strip() for _, _, c in group)), spans[-1][1]
 
 
 def _is_prose(s):
@@ -124,42 +122,38 @@ def _is_prose(s):
     return sum(w.lower() not in _NOT_PROSE for w in _WORD.findall(s)) >= 2
 
 
-def _last_number(s):
+def _last(pattern, s):
     m = None
-    for m in _NUMBER.finditer(s[-TAIL:]):
+    for m in pattern.finditer(s):
         pass
+    return m
+
+
+def _last_number(s):
+    m = _last(_NUMBER, s[-TAIL:])
     return m.group(0) if m else None
 
 
 def _finish_phrase(snippet):
+    """The answer in "... the final answer is $X$. I hope it is correct." / "... the volume is 120"."""
     s = re.split(r"\n\s*\n|\bI hope\b|(?<=\S)\.(?:\s|$)|\n(?=\S)", snippet.strip(), maxsplit=1)[0]
-    s = re.split(r"\s+is\s+", s)[-1]
-    s = re.sub(r"\\?\$|\\[()\[\]]|\\?\"|\*\*", " ", s).strip(" .,:;")
-    if _is_prose(s):
-        return _last_number(s) or s
-    return s or None
+    s = re.sub(r"\\?\$|\\[()\[\]]|\\?\"|\*\*", " ", re.split(r"\s+is\s+", s)[-1]).strip(" .,:;")
+    return (_last_number(s) or s) if _is_prose(s) else (s or None)
 
 
 def extract_answer(text):
-    """The final answer of a completion (see the module docstring for the order), or None."""
+    """The final answer of a completion (the order is in the module docstring), or None."""
     text = _clean(text)
     box, box_end = _boxes(text)
-    phrase = None
-    for phrase in _PHRASE.finditer(text):
-        pass
+    phrase = _last(_PHRASE, text)
     if phrase is not None and phrase.start() >= box_end:
         snippet = text[phrase.end():phrase.end() + 500]
-        # after a box, only a phrase that goes on with math overrides it ("... answer is correct" does not)
-        if box is None or re.match(r"""[\s:*"]*(?:[-\d$\\({\[]|[A-E]\b)""", snippet):
+        if box is None or re.match(r"""[\s:*"]*(?:[-\d$\\({\[]|[A-E]\b)""", snippet):  # not "answer is correct"
             return _finish_phrase(snippet)
     if box is not None:
         return box.strip()
     tail = text[-TAIL:]
-    seg = num = None
-    for seg in _SEGMENT.finditer(tail):
-        pass
-    for num in _NUMBER.finditer(tail):
-        pass
+    seg, num = _last(_SEGMENT, tail), _last(_NUMBER, tail)
     if seg is None and not _is_prose(text):
         return text.strip() or None
     if num is not None and (seg is None or num.start() >= seg.end()):
@@ -169,124 +163,111 @@ def extract_answer(text):
 
 def _gold_text(answer):
     answer = _clean(answer)
-    if _BOX.search(answer) or _PHRASE.search(answer):
-        return extract_answer(answer)
-    return answer.strip() or None
+    return extract_answer(answer) if _BOX.search(answer) or _PHRASE.search(answer) else answer.strip() or None
 
 
 # ----------------------------------------------------------------------------- normalisation
-_UNWRAP = r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox|hbox|mathrm|mathbf|mathit|mathsf|rm|operatorname)\s*"
-_RULES = [
-    (r",\\!\s*(?=\d{3})", ""),                                    # thousands: 10,\!000
-    (r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)", ""),                     # thousands: 14{,}916
-    (r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle)(?![a-zA-Z])", ""),  # sizing
-    (r"\\[dtc]frac(?![a-zA-Z])", r"\\frac"),                     # \dfrac, \tfrac, \cfrac
-    (r"(?<!\\)\\(?:qquad|quad|thinspace|enspace|[,;:! ])|~", " "),     # spacing commands
-    (r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree(?![a-zA-Z])", ""),  # degrees 90^\circ
-    (r"²", "^2"), (r"³", "^3"),                                  # unicode powers
-    (r"\\[()\[\]]|\\?\$", " "),                                  # math delimiters and dollar signs
-    (r"\\begin\{[pbvBV]?matrix\}|\\begin\{smallmatrix\}|\\begin\{array\}\{[^{}]*\}", r" \\matbegin "),  # matrices
-    (r"\\end\{[pbvBV]?matrix\}|\\end\{smallmatrix\}|\\end\{array\}", r" \\matend "),
-    (r"\\mathbb\s*\{?R\}?", r"\\reals"),                         # the real line
-    (r"\\(?:overline|vec|hat|bar|widehat|tilde|mathbf|boldsymbol|overrightarrow)(?![a-zA-Z])", ""),  # accents
-    (r"(?<![\d.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}", r"(\1+\2/\3)"),  # mixed numbers 1\frac{4}{5}
-    (r"\s+(?:and|or)\s+|\s*,\s*(?:and|or)\s+|(?<=[\d)\]}])\s*(?:and|or)\s*(?=[-A-Za-z(\\])", ","),  # "1 and 2"
-    (r"(?<=[\d}])\s+[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]{2,}\.?)*(?:\s*\^\s*\{?\d\}?)?(?=\s*(?:$|[,;)\]]|\\\}))", ""),  # units
-    (r"^\s*\(\s*([A-Z])\s*\)\s*$", r"\1"),                      # multiple choice (C) -> C
-    (r"(?<![\\a-zA-Z])(sqrt|sin|cos|tan|log|ln|exp|pi)(?![a-zA-Z])", r"\\\1"),  # plain-text sqrt(2), pi
-]
-_RULES = [(re.compile(p), r) for p, r in _RULES]
+_UNWRAP = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox|hbox|mathrm|mathbf|mathit|mathsf|rm|"
+                     r"operatorname)\s*\{([^{}]*)\}")
+_TEXT_UNIT = re.compile(r"(?<=[\w})\]!.])\s*\\(?:text|textnormal|textrm|mbox)\s*\{\s*[a-zA-Z][a-zA-Z\s.]+\}"
+                        r"(?:\s*\^\s*\{?\d\}?)?\s*$")  # a unit in \text{} after the math: 2\pi \text{ cm}^2
 _PERCENT = re.compile(r"\\?%|\bpercent(?:age)?\b|\bpct\b")
+_RULES = tuple((re.compile(p), r) for p, r in (
+    (r",\\!\s*(?=\d{3})", ""),                                          # thousands: 10,\!000
+    (r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)", ""),                           # thousands: 14{,}916
+    (r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle)(?![a-zA-Z])", ""),  # sizing
+    (r"\\[dtc]frac(?![a-zA-Z])", r"\\frac"),                           # \dfrac, \tfrac, \cfrac
+    (r"(?<!\\)\\(?:qquad|quad|thinspace|enspace|[,;:! ])|~", " "),     # spacing
+    (r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree(?![a-zA-Z])", ""),  # degrees: 90^\circ
+    (r"²", "^2"), (r"³", "^3"),                                        # unicode powers
+    (r"\\[()\[\]]|\\?\$", " "),                                        # math delimiters, dollar signs
+    (r"\\begin\{(?:[pbvBV]?|small)matrix\}|\\begin\{array\}\{[^{}]*\}", r" \\matbegin "),  # matrices
+    (r"\\end\{(?:[pbvBV]?|small)matrix\}|\\end\{array\}", r" \\matend "),
+    (r"\\mathbb\s*\{?R\}?", r"\\reals"),                               # the real line
+    (r"\\(?:overline|vec|hat|bar|widehat|tilde|boldsymbol|overrightarrow)(?![a-zA-Z])", ""),  # accents
+    (r"(?<![\d.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}", r"(\1+\2/\3)"),  # mixed numbers: 1\frac{4}{5}
+    (r"\s+(?:and|or)\s+|\s*,\s*(?:and|or)\s+|(?<=[\d)\]}])\s*(?:and|or)\s*(?=[-A-Za-z(\\])", ","),  # 1 and 2
+    (r"(?<=[\d}])\s+[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]{2,}\.?)*(?:\s*\^\s*\{?\d\}?)?(?=\s*(?:$|[,;)\]]|\\\}))", ""),  # units
+    (r"^\s*\(\s*([A-Z]|[A-Za-z][A-Za-z ]*[a-z])\s*\)\s*$", r"\1"),  # multiple choice (C) -> C; (east) -> east
+    (r"(?<![\\a-zA-Z])(sqrt|sin|cos|tan|log|ln|exp|pi)(?![a-zA-Z])", r"\\\1"),  # plain sqrt(2), pi
+))
 
 
 def _prep(s):
-    """Normalised answer string and whether it carried a percent sign."""
+    """(normalised answer string, whether it carried a percent sign)."""
     if len(s) > 2 * MAX_ANSWER:  # too long to be an answer: compared as a string only
         return " ".join(s.split()), False
     s = re.sub(r"\s+", " ", _clean(s))
-    for _ in range(3):  # unwrap \text{...} (a few levels of nesting)
-        s = re.sub(_UNWRAP + r"\{([^{}]*)\}", r" \1 ", s)
+    s = _TEXT_UNIT.sub("", s)
+    for _ in range(3):  # \text{...} and friends: keep the content
+        s = _UNWRAP.sub(r" \1 ", s)
     pct = bool(_PERCENT.search(s))
     s = _PERCENT.sub(" ", s)
-    for pat, rep in _RULES:
-        s = pat.sub(rep, s)
-    s = s.rstrip(" ,;:.").lstrip(" ,;:")  # surrounding punctuation (a leading dot may start .5)
+    for pattern, repl in _RULES:
+        s = pattern.sub(repl, s)
+    s = s.rstrip(" ,;:.").lstrip(" ,;:")  # surrounding punctuation; a leading dot may start .5
     return (s[1:] if s.startswith(".") and not s[1:2].isdigit() else s).strip(), pct
 
 
 def _norm(s):
-    t = re.sub(r"\s+", "", _prep(s)[0])
+    t = "".join(_prep(s)[0].split())
     return t.lower() if re.fullmatch(r"[A-Za-z,]+", t) else t
 
 
 # ----------------------------------------------------------------------------- parser
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d+)?|\.\d+)|(\\[a-zA-Z]+|\\[{}]|\\\\)|(<=|>=|!=|=<|=>|==|[a-zA-Z]|"
                     r"[-+*/^_()\[\]{},;:=<>!|&])|(\S))")
-_UNICODE = {"≤": "<=", "≥": ">=", "≠": "!=", "±": "\\pm", "∓": "\\mp", "×": "*", "÷": "/", "·": "*",
-            "−": "-", "π": "\\pi", "∞": "\\infty", "√": "\\sqrt", "∈": "\\in", "∪": "\\cup", "≈": "\\approx"}
+_UNICODE = {"≤": "<=", "≥": ">=", "≠": "!=", "±": "\\pm", "∓": "\\mp", "×": "*", "÷": "/", "·": "*", "−": "-",
+            "π": "\\pi", "∞": "\\infty", "√": "\\sqrt", "∈": "\\in", "∪": "\\cup", "≈": "\\approx"}
 _RELS = {"=": "=", "==": "=", "<": "<", ">": ">", "<=": "<=", "=<": "<=", ">=": ">=", "=>": ">=", "!=": "!=",
          "\\le": "<=", "\\leq": "<=", "\\leqslant": "<=", "\\ge": ">=", "\\geq": ">=", "\\geqslant": ">=",
          "\\lt": "<", "\\gt": ">", "\\ne": "!=", "\\neq": "!=", "\\approx": "~", "\\in": "in"}
 _FUNCS = {"sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sec": sp.sec, "csc": sp.csc, "cot": sp.cot,
           "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan, "sinh": sp.sinh, "cosh": sp.cosh,
-          "tanh": sp.tanh, "ln": sp.log, "log": sp.log, "exp": sp.exp, "lg": lambda x: sp.log(x, 10)}
-_MUL = {"*", "\\cdot", "\\times", "\\ast"}
-_DIV = {"/", "\\div", ":"}
-_NOT_ATOM = _MUL | _DIV | {"\\pm", "\\mp", "\\cup", "\\cap", "\\setminus", "\\rfloor", "\\rceil", "\\matend",
-                           "\\}", "\\\\", "\\cdots", "\\ldots", "\\dots", "\\to", "\\rightarrow", "\\Rightarrow",
-                           "\\implies", "\\iff", "\\mid", "\\pmod", "\\mod", "\\bmod", "\\begin", "\\end", "\\hline",
-                           "\\boxed", "\\fbox", "\\over"}
+          "tanh": sp.tanh, "ln": sp.log, "log": sp.log, "exp": sp.exp}
 _CONST = {"\\pi": sp.pi, "\\infty": sp.oo, "\\emptyset": sp.S.EmptySet, "\\varnothing": sp.S.EmptySet,
           "\\reals": sp.S.Reals, "e": sp.E, "i": sp.I}
+_MUL, _DIV = frozenset({"*", "\\cdot", "\\times", "\\ast"}), frozenset({"/", "\\div", ":"})
+_NOT_ATOM = _MUL | _DIV | {"\\pm", "\\mp", "\\cup", "\\cap", "\\setminus", "\\rfloor", "\\rceil", "\\matend", "\\}",
+                           "\\\\", "\\cdots", "\\ldots", "\\dots", "\\to", "\\rightarrow", "\\Rightarrow", "\\implies",
+                           "\\iff", "\\mid", "\\pmod", "\\mod", "\\bmod", "\\begin", "\\end", "\\hline", "\\boxed",
+                           "\\fbox", "\\over"}
 
 
 def _tokens(s):
-    out, pos = [], 0
-    while pos < len(s):
-        m = _TOKEN.match(s, pos)
-        if not m or m.end() == pos:
-            break
-        pos = m.end()
-        num, cmd, ch, other = m.groups()
-        if other is not None:
+    out = []
+    for num, cmd, ch, other in _TOKEN.findall(s):
+        if other:
             if other not in _UNICODE:
                 raise _Fail(other)
             cmd = _UNICODE[other]
-        if num is not None:
-            out.append(("num", num))
-        elif cmd is not None:
-            out.append(("rel", _RELS[cmd]) if cmd in _RELS else ("cmd", cmd))
-        elif ch is not None:
-            out.append(("rel", _RELS[ch]) if ch in _RELS else ("ch", ch))
+        tok = ("num", num) if num else ("cmd", cmd) if cmd else ("ch", ch)
+        out.append(("rel", _RELS[tok[1]]) if tok[1] in _RELS else tok)
     return out
-
-
-def _number(text):
-    if len(text) > MAX_DIGITS:
-        raise _Fail("literal too long")
-    return sp.Float(text, max(15, len(text) + 2)) if "." in text else sp.Integer(text)
 
 
 def _is_expr(*xs):
     return all(isinstance(x, (sp.Expr, sp.MatrixBase)) and not isinstance(x, sp.Set) for x in xs)
 
 
+def _need(ok, why):
+    if not ok:
+        raise _Fail(why)
+
+
 def _pow(b, e):
-    if not _is_expr(b, e) or isinstance(e, sp.MatrixBase):
-        raise _Fail("power of a non-expression")
+    """b ** e, refusing what would be too big to compute: towers, huge roots, big matrix powers."""
+    _need(_is_expr(b, e) and not isinstance(e, sp.MatrixBase) and not e.has(PM), "power")
     if isinstance(b, sp.MatrixBase):
-        if not (e.is_Integer and abs(e) <= 10 and max(b.shape) <= 6):
-            raise _Fail("matrix power")
-        return b ** e
-    if b.is_number and e.is_number and e.is_real and b not in (0, 1, -1):
-        if abs(e) > 10_000:
-            raise _Fail("exponent too large")
-        if b.is_Integer and not e.is_Integer and abs(b) > 10 ** 60:
-            raise _Fail("root of a huge integer")  # sympy would try to factor it
-        if b.is_Rational:  # exact result: bound its size
-            bits = max(int(b.p).bit_length(), int(b.q).bit_length())
-            if bits * abs(e) > MAX_POW_BITS:
-                raise _Fail("power too large")
+        _need(e.is_Integer and abs(e) <= 10 and max(b.shape) <= 6, "matrix power")
+    elif e.is_number and b not in (0, 1, -1):
+        size = abs(e) if e.is_Number else abs(_num(e) or sp.oo)  # never compare sympy expressions here
+        _need(size <= 10_000, "exponent too large")
+        c = b.as_coeff_Mul()[0]  # the rational factor that sympy raises exactly: (10^{1000} x)^{9000}
+        if c.is_Rational:
+            bits = max(int(c.p).bit_length(), int(c.q).bit_length())
+            _need(bits * size <= MAX_POW_BITS, "power too large")
+            _need(e.is_Integer or bits <= 200, "root of a huge number")  # sympy would try to factor it
     return b ** e
 
 
@@ -295,48 +276,40 @@ def _as_set(v):
         return v
     if isinstance(v, Set) and _is_expr(*v.items):
         return sp.FiniteSet(*v.items)
-    if isinstance(v, Tup) and len(v.items) == 2 and _is_expr(*v.items):
-        return sp.Interval.open(*v.items)
-    raise _Fail("not a set")
+    _need(isinstance(v, Tup) and len(v.items) == 2 and _is_expr(*v.items), "not a set")
+    return sp.Interval.open(*v.items)
 
 
 class _Parser:
-    """Recursive descent: list ; relation ; union ; sum ; product ; unary ; power ; postfix ; atom."""
+    """list ; relation ; union ; sum ; product (implicit too) ; unary ; power ; postfix ; atom."""
 
     def __init__(self, text):
-        self.toks, self.i, self.depth = _tokens(text), 0, 0
+        self.toks, self.i = _tokens(text), 0
 
-    def peek(self, k=0):
-        return self.toks[self.i + k] if self.i + k < len(self.toks) else (None, None)
+    def peek(self):
+        return self.toks[self.i] if self.i < len(self.toks) else (None, None)
 
     def take(self):
-        tok = self.peek()
-        if tok[0] is None:
-            raise _Fail("unexpected end")
+        _need(self.i < len(self.toks), "unexpected end")
         self.i += 1
-        return tok
+        return self.toks[self.i - 1]
 
     def accept(self, *texts):
-        if self.peek()[1] in texts:
-            return self.take()[1]
-        return None
+        return self.take()[1] if self.peek()[1] in texts else None
 
     def expect(self, text):
-        if not self.accept(text):
-            raise _Fail(f"expected {text}")
+        _need(self.accept(text), f"expected {text}")
 
     def parse(self):
         groups = [self.items()]
         while self.accept(";"):
             groups.append(self.items())
-        if self.peek()[0] is not None:
-            raise _Fail(f"trailing {self.peek()[1]}")
+        _need(self.peek()[0] is None, "trailing input")
         groups = [g for g in groups if g]
-        if len(groups) > 1 and any(len(g) > 1 for g in groups):  # "p=5,q=2; p=7,q=2" -> {(5,2), (7,2)}
+        if len(groups) > 1 and any(len(g) > 1 for g in groups):  # p=5,q=2; p=7,q=2 -> (5,2), (7,2)
             return Lst(tuple(Tup(tuple(_value_of(x) for x in g)) for g in groups))
         flat = [x for g in groups for x in g]
-        if not flat:
-            raise _Fail("empty")
+        _need(flat, "empty")
         return flat[0] if len(flat) == 1 else Lst(tuple(flat))
 
     def items(self, seps=(",",)):
@@ -354,25 +327,19 @@ class _Parser:
             parts.append(self.union())
         if "~" in ops and "=" in ops:  # x = 1/3 \approx 0.33: drop the approximation
             parts, ops = parts[:ops.index("~") + 1], ops[:ops.index("~")]
-        ops = ["=" if o in ("~", "in") else o for o in ops]
+        ops = tuple("=" if o in ("~", "in") else o for o in ops)
         if not ops:
             return parts[0]
-        if set(ops) == {"="} and len(parts) > 2:  # chain a = b = c: the last value
-            return parts[-1]
-        return Rel(tuple(ops), tuple(parts))
+        return parts[-1] if set(ops) == {"="} and len(parts) > 2 else Rel(ops, tuple(parts))  # a = b = c: c
 
     def union(self):
         v, ops, sets = self.expr(), [], []
-        while True:
-            op = self.accept("\\cup", "\\cap", "\\setminus")
-            if not op:
-                break
-            ops.append(op)
+        while self.peek()[1] in ("\\cup", "\\cap", "\\setminus"):
+            ops.append(self.take()[1])
             sets.append(_as_set(self.expr()))
         if not ops:
             return v
-        if len(ops) > 15:
-            raise _Fail("too many set operations")  # sympy's Union is quadratic or worse
+        _need(len(ops) <= 15, "too many set operations")  # sympy's Union is quadratic or worse
         if set(ops) == {"\\cup"}:
             return sp.Union(_as_set(v), *sets)
         v = _as_set(v)
@@ -381,73 +348,61 @@ class _Parser:
         return v
 
     def expr(self):
-        v = self.term()
-        while True:
-            op = self.accept("+", "-", "\\pm", "\\mp")
-            if not op:
-                return v
+        terms = [self.term()]
+        while (op := self.accept("+", "-", "\\pm", "\\mp")) is not None:
             w = self.term()
-            if not _is_expr(v, w):
-                raise _Fail("arithmetic on a non-expression")
-            v = v + w if op == "+" else v - w if op == "-" else v + PM * w if op == "\\pm" else v - PM * w
+            _need(_is_expr(terms[0], w), "sum of non-expressions")
+            terms.append({"+": w, "-": -w, "\\pm": PM * w, "\\mp": -PM * w}[op])
+        if len(terms) > 1 and not any(isinstance(t, sp.MatrixBase) for t in terms):
+            return sp.Add(*terms)  # one flatten: adding terms one by one is quadratic
+        return functools.reduce(lambda a, b: a + b, terms)
 
     def term(self):
-        v = self.unary()
+        factors = [self.unary()]
         while True:
-            tok = self.peek()
-            if tok[1] in _MUL or tok[1] in _DIV:
+            kind, text = self.peek()
+            if text in _MUL or text in _DIV:
                 self.take()
                 w = self.unary()
-            elif self.starts_atom(tok):
-                w = self.power()
+            elif kind in ("num", "cmd") and text not in _NOT_ATOM or kind == "ch" and (text.isalpha() or text in "({"):
+                w = self.power()  # implicit multiplication: 2x, 3\sqrt{2}, (x+1)(x-1)
             else:
-                return v
-            if not _is_expr(v, w):
-                raise _Fail("product of a non-expression")
-            if isinstance(v, sp.MatrixBase) and isinstance(w, sp.MatrixBase) and max(v.shape + w.shape) > 8:
-                raise _Fail("matrix product too large")
-            if tok[1] in _DIV:
-                if isinstance(w, sp.MatrixBase):
-                    raise _Fail("division by a matrix")
-                w = 1 / w if w != 0 else sp.zoo
-            v = v * w
-
-    def starts_atom(self, tok):
-        kind, text = tok
-        return kind in ("num", "cmd") and text not in _NOT_ATOM or (kind == "ch" and (text.isalpha() or text in "({"))
+                break
+            _need(_is_expr(factors[-1], w), "product of non-expressions")
+            if isinstance(w, sp.MatrixBase):
+                _need(text not in _DIV and max(w.shape) <= 8, "matrix product too large, or division by one")
+            factors.append(w if text not in _DIV else 1 / w if w != 0 else sp.zoo)
+        if len(factors) > 1 and not any(isinstance(f, sp.MatrixBase) for f in factors):
+            return sp.Mul(*factors)  # one flatten, as in expr()
+        return functools.reduce(lambda a, b: a * b, factors)
 
     def unary(self):
         op = self.accept("-", "+", "\\pm", "\\mp")
-        if op:
-            v = self.unary()
-            if not _is_expr(v):
-                raise _Fail("sign of a non-expression")
-            return {"-": -v, "+": v, "\\pm": PM * v, "\\mp": -PM * v}[op]
-        return self.power()
+        if op is None:
+            return self.power()
+        v = self.unary()
+        _need(_is_expr(v), "sign of a non-expression")
+        return {"-": -v, "+": v, "\\pm": PM * v, "\\mp": -PM * v}[op]
 
     def power(self):
         base = self.postfix()
-        if self.accept("^"):
-            return _pow(base, self.unary() if self.peek()[1] != "{" else self.group())
-        return base
+        return _pow(base, self.group() if self.peek()[1] == "{" else self.unary()) if self.accept("^") else base
 
     def postfix(self):
         v = self.atom()
         while True:
             if self.accept("!"):
-                if not _is_expr(v) or (v.is_number and (not v.is_Integer or v > MAX_FACTORIAL)):
-                    raise _Fail("factorial")
+                _need(_is_expr(v) and not v.has(PM) and not (v.is_number and (not v.is_Integer or v > MAX_FACTORIAL)),
+                      "factorial")
                 v = sp.factorial(v)
             elif self.accept("_"):
                 start = self.i
                 sub = self.group() if self.peek()[1] == "{" else self.atom()
                 raw = "".join(t for _, t in self.toks[start:self.i]).strip("{}")
                 if isinstance(v, sp.Integer) and raw.isdigit():
-                    continue  # base subscript: 204_5 is read as the numeral 204
-                name = getattr(v, "name", None)
-                if name is None:
-                    raise _Fail("subscript")
-                v = sp.Symbol(f"{name}_{raw}") if raw.isalnum() else sp.Function(name)(sub)
+                    continue  # a base: 204_5 reads as the numeral 204
+                _need(isinstance(v, sp.Symbol), "subscript")
+                v = sp.Symbol(f"{v.name}_{raw}") if raw.isalnum() else sp.Function(v.name)(sub)  # a_1, F_{n-1}
             else:
                 return v
 
@@ -455,38 +410,32 @@ class _Parser:
         self.expect("{")
         items = self.items()
         self.expect("}")
-        if not items:
-            raise _Fail("empty group")
+        _need(items, "empty group")
         return items[0] if len(items) == 1 else Set(tuple(items))
 
-    def arg(self):  # argument of \frac, \sqrt: {...} or a single digit / letter / command
+    def arg(self):
+        """Argument of \\frac, \\sqrt, \\binom: {...} or one digit / letter / command (\\frac94)."""
         kind, text = self.peek()
-        if text == "{":
-            return self.group()
         if kind == "num" and len(text) > 1 and "." not in text:
             self.toks[self.i] = ("num", text[1:])
             return sp.Integer(text[0])
-        return self.atom()
+        return self.group() if text == "{" else self.atom()
 
     def atom(self):
-        self.depth += 1
-        if self.depth > 4 * MAX_DEPTH:
-            raise _Fail("too deep")
         kind, text = self.take()
         if kind == "num":
-            return _number(text)
+            _need(len(text) <= MAX_DIGITS, "literal too long")
+            return sp.Float(text, max(15, len(text) + 2)) if "." in text else sp.Integer(text)
         if text in _CONST:
             return _CONST[text]
         if kind == "ch" and text.isalpha():
             return sp.Symbol(text)
-        if text in ("(", "["):
-            items = self.items((",", ";"))
-            close = self.take()[1]
-            if close not in (")", "]"):
-                raise _Fail("unclosed bracket")
-            if len(items) == 1 and (text + close) in ("()", "[]"):
+        if text in ("(", "["):  # group, tuple or interval
+            items, close = self.items((",", ";")), self.take()[1]
+            _need(close in (")", "]"), "unclosed bracket")
+            if len(items) == 1 and text + close in ("()", "[]"):
                 return items[0]
-            if len(items) == 2 and _is_expr(*items) and ("[" in text + close or items[0].has(sp.oo, -sp.oo) or items[1].has(sp.oo, -sp.oo)):
+            if len(items) == 2 and _is_expr(*items) and ("[" in text + close or any(x.has(sp.oo, -sp.oo) for x in items)):
                 return sp.Interval(items[0], items[1], text == "(", close == ")")
             return Tup(tuple(items))
         if text == "{":
@@ -496,166 +445,142 @@ class _Parser:
             items = self.items((",", ";"))
             self.expect("\\}")
             return Set(tuple(items))
-        if text == "|":
+        if text in ("|", "\\lfloor", "\\lceil"):
             v = self.expr()
-            self.expect("|")
-            return sp.Abs(v)
+            self.expect({"|": "|", "\\lfloor": "\\rfloor", "\\lceil": "\\rceil"}[text])
+            return {"|": sp.Abs, "\\lfloor": sp.floor, "\\lceil": sp.ceiling}[text](v)
         if text == "\\frac":
             num, den = self.arg(), self.arg()
-            if not _is_expr(num, den) or isinstance(den, sp.MatrixBase):
-                raise _Fail("frac")
+            _need(_is_expr(num, den) and not isinstance(den, sp.MatrixBase), "frac")
             return num / den if den != 0 else sp.zoo
         if text == "\\sqrt":
             n = sp.Integer(2)
-            if self.accept("["):
+            if self.accept("["):  # \sqrt[3]{x}
                 n = self.expr()
                 self.expect("]")
             x = self.arg()
-            if not _is_expr(x, n) or n == 0:
-                raise _Fail("sqrt")
+            _need(_is_expr(x, n) and n != 0, "sqrt")
             return _pow(x, sp.S.One / n)
         if text == "\\binom":
             n, k = self.arg(), self.arg()
-            if not _is_expr(n, k) or (n.is_number and k.is_number and abs(n) > 10 ** 6):
-                raise _Fail("binom")
+            small = all(x.is_Integer and abs(x) <= 10 ** 6 for x in (n, k))
+            _need(_is_expr(n, k) and not (n.has(PM) or k.has(PM)) and (small or not (n.is_number or k.is_number)), "binom")
             return sp.binomial(n, k)
-        if text in ("\\lfloor", "\\lceil"):
-            v = self.expr()
-            self.expect("\\rfloor" if text == "\\lfloor" else "\\rceil")
-            return sp.floor(v) if text == "\\lfloor" else sp.ceiling(v)
         if text in ("\\sum", "\\prod"):
             return self.big_operator(text)
         if text == "\\matbegin":
             return self.matrix()
         if kind == "cmd" and text[1:] in _FUNCS:
             return self.function(text[1:])
-        if kind == "cmd" and text not in _NOT_ATOM and text[1].isalpha():
-            return sp.Symbol(text[1:])  # greek letters and unknown commands are plain symbols
-        raise _Fail(f"unexpected {text}")
+        _need(kind == "cmd" and text not in _NOT_ATOM and text[1].isalpha(), f"unexpected {text}")
+        return sp.Symbol(text[1:])  # greek letters and unknown commands are plain symbols
 
     def function(self, name):
-        power = base = None
-        if self.accept("_"):
-            base = self.arg()
-        if self.accept("^"):
-            power = self.group() if self.peek()[1] == "{" else self.unary()
+        base = self.arg() if self.accept("_") else None  # \log_2 8
+        power = (self.group() if self.peek()[1] == "{" else self.unary()) if self.accept("^") else None
         x = self.atom() if self.peek()[1] == "(" else self.power()
-        if not _is_expr(x) or isinstance(x, sp.MatrixBase):
-            raise _Fail("function argument")
+        _need(_is_expr(x) and not isinstance(x, sp.MatrixBase), "function argument")
+        if power == -1 and name in ("sin", "cos", "tan"):  # \sin^{-1} x
+            return {"sin": sp.asin, "cos": sp.acos, "tan": sp.atan}[name](x)
         v = sp.log(x, base) if base is not None and name == "log" else _FUNCS[name](x)
-        if power is not None:
-            v = {"sin": sp.asin, "cos": sp.acos, "tan": sp.atan}[name](x) if power == -1 and name in ("sin", "cos", "tan") else _pow(v, power)
-        return v
+        return v if power is None else _pow(v, power)
 
     def big_operator(self, text):
+        """\\sum_{k=a}^{b} body; evaluated only for a polynomial body and at most 100 terms."""
         self.expect("_")
         self.expect("{")
         var = self.atom()
-        self.expect("=")  # '=' is tokenised as a relation
+        self.expect("=")
         lo = self.expr()
         self.expect("}")
         self.expect("^")
-        hi = self.group() if self.peek()[1] == "{" else self.atom()
-        body = self.term()
-        if not (isinstance(var, sp.Symbol) and _is_expr(lo, hi, body)):
-            raise _Fail("sum")
+        hi, body = self.group() if self.peek()[1] == "{" else self.atom(), self.term()
+        _need(isinstance(var, sp.Symbol) and _is_expr(lo, hi, body), "sum")
         v = (sp.Sum if text == "\\sum" else sp.Product)(body, (var, lo, hi))
-        if lo.is_Integer and hi.is_Integer and 0 <= hi - lo <= 100 and body.is_polynomial(var):
-            v = v.doit()
-        return v
+        small = lo.is_Integer and hi.is_Integer and 0 <= hi - lo <= 100 and body.is_polynomial(var)
+        return v.doit() if small else v
 
     def matrix(self):
         rows, row = [], []
         while True:
-            if self.peek()[1] == "\\hline":
-                self.take()
+            if self.accept("\\hline"):
                 continue
             row.append(self.expr())
             sep = self.take()[1]
             if sep == "&":
                 continue
-            rows.append(row)
-            row = []
+            rows, row = rows + [row], []
             if sep == "\\\\" and self.peek()[1] == "\\matend":
                 sep = self.take()[1]
             if sep == "\\matend":
                 break
-            if sep != "\\\\":
-                raise _Fail("matrix")
-        if len({len(r) for r in rows}) != 1 or not _is_expr(*(c for r in rows for c in r)):
-            raise _Fail("ragged matrix")
+            _need(sep == "\\\\", "matrix")
+        _need(len({len(r) for r in rows}) == 1 and _is_expr(*(c for r in rows for c in r)), "ragged matrix")
         return sp.ImmutableMatrix(rows)
-
-
-def _value_of(x):
-    """x = 5 -> 5 when the left side only names the answer."""
-    if isinstance(x, Rel) and x.ops == ("=",) and _is_label(x.parts[0]):
-        return x.parts[1]
-    return x
 
 
 def _is_label(x):
     """Left sides that only name the answer: y, f(x), a_1, AB, (p, q), |AB|, A:B, \\frac{NO}{BO}."""
     if isinstance(x, Tup):
         return all(_is_label(i) for i in x.items)
-    if not isinstance(x, sp.Expr) or not x.free_symbols or x.atoms(sp.Add) or x.as_coeff_Mul()[0] != 1:
-        return False
-    return all(n in (1, -1) for n in x.atoms(sp.Number))
+    return (isinstance(x, sp.Expr) and bool(x.free_symbols) and not x.atoms(sp.Add) and x.as_coeff_Mul()[0] == 1
+            and all(n in (1, -1) for n in x.atoms(sp.Number)))
+
+
+def _value_of(x):
+    """x = 5 -> 5 when the left side only names the answer."""
+    return x.parts[1] if isinstance(x, Rel) and x.ops == ("=",) and _is_label(x.parts[0]) else x
 
 
 def _expand_pm(v):
-    """a \\pm b -> {a + b, a - b}; inside sets and lists the two values are flattened in."""
+    """a \\pm b -> {a + b, a - b}; inside a set or list both values become items."""
     if isinstance(v, sp.Expr) and v.has(PM):
         return Set((v.subs(PM, 1), v.subs(PM, -1)))
     if isinstance(v, Rel):
         return Rel(v.ops, tuple(_expand_pm(p) for p in v.parts))
-    if isinstance(v, (Set, Lst, Tup)):
-        items = []
-        for it in v.items:
-            e = _expand_pm(it)
-            if not isinstance(v, Tup) and isinstance(e, Set) and isinstance(it, sp.Expr):
-                items.extend(e.items)
-            elif not isinstance(v, Tup) and isinstance(e, Rel) and e.ops == ("=",) and isinstance(e.parts[1], Set) and isinstance(it.parts[1], sp.Expr):
-                items.extend(Rel(e.ops, (e.parts[0], x)) for x in e.parts[1].items)
-            else:
-                items.append(e)
-        return type(v)(tuple(items))
-    return v
+    if not isinstance(v, (Set, Lst, Tup)):
+        return v
+    items = []
+    for it in v.items:
+        e = _expand_pm(it)
+        if not isinstance(v, Tup) and isinstance(e, Set) and isinstance(it, sp.Expr):
+            items.extend(e.items)
+        elif not isinstance(v, Tup) and isinstance(e, Rel) and e.ops == ("=",) and isinstance(e.parts[1], Set) \
+                and isinstance(it.parts[1], sp.Expr):  # x = 1 \pm 2 -> x = 3, x = -1
+            items.extend(Rel(e.ops, (e.parts[0], x)) for x in e.parts[1].items)
+        else:
+            items.append(e)
+    return type(v)(tuple(items))
 
 
-def _bad(v):
-    if isinstance(v, (Set, Lst, Tup)):
-        return any(_bad(i) for i in v.items)
-    if isinstance(v, Rel):
-        return any(_bad(i) for i in v.parts)
-    return isinstance(v, sp.Basic) and v.has(sp.zoo, sp.nan)
+def _leaves(v):
+    for x in (v.items if isinstance(v, (Set, Lst, Tup)) else v.parts if isinstance(v, Rel) else ()):
+        yield from _leaves(x)
+    if isinstance(v, sp.Basic):
+        yield v
 
 
 def _max_depth(s):
-    d = m = 0
-    for ch in s:
-        if ch in "([{":
-            d += 1
-            m = max(m, d)
-        elif ch in ")]}":
-            d -= 1
-    return m
+    depth = top = 0
+    for ch in re.sub(r"[^()\[\]{}]", "", s):
+        depth += 1 if ch in "([{" else -1
+        top = max(top, depth)
+    return top
 
 
 @functools.lru_cache(maxsize=8192)
 def _values(s, plain=False):
-    """All readings of an answer string (a percentage gives two), as a tuple; () if unparsable."""
+    """Every reading of an answer string as a tuple (a percentage gives two); () if unparsable."""
     t, pct = _prep(s) if len(s) <= 2 * MAX_ANSWER else ("", False)
     if not t or len(t) > MAX_ANSWER or _max_depth(t) > MAX_DEPTH:
         return ()
-    if re.fullmatch(r"[A-Za-z][A-Za-z\s'.-]*", t) and re.search(r"[A-Za-z]{3}", t):
-        return ()  # plain words: compared as text only
-    if re.search(r"(?<![\\a-zA-Z])[a-zA-Z]{4,}", re.sub(r"_\{[^{}]*\}", "", t)):
-        return ()  # prose around the answer: not an expression
+    if re.search(r"(?<![\\a-zA-Z])[a-zA-Z]{4,}", re.sub(r"_\{[^{}]*\}", "", t)) or (
+            re.fullmatch(r"[A-Za-z][A-Za-z\s'.-]*", t) and re.search(r"[A-Za-z]{3}", t)):
+        return ()  # words: compared as text only
     texts = [t]
     if re.fullmatch(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|-?\d{1,3}(?: \d{3})+", t):  # 7,425,000 and 1 000
         texts = [re.sub(r"[, ]", "", t)]
-    elif re.fullmatch(r"-?\d+,\d+", t) and plain:  # 1000,99 outside LaTeX: decimal comma or a list
+    elif re.fullmatch(r"-?\d+,\d+", t) and plain:  # 1000,99 outside LaTeX: a decimal comma, or a list
         texts = [t.replace(",", "."), t]
     out = []
     for text in texts:
@@ -663,127 +588,108 @@ def _values(s, plain=False):
             v = _expand_pm(_Parser(text).parse())
         except (_Fail, TypeError, ValueError, AttributeError, ZeroDivisionError, RecursionError):
             continue
-        if _bad(v):
-            continue
-        out.append(v)
-        if pct and isinstance(v, sp.Expr):
-            out.append(v / 100)
+        if not any(x.has(sp.zoo, sp.nan) for x in _leaves(v)):  # 1/0, 12:00
+            out += [v, v / 100] if pct and isinstance(v, sp.Expr) else [v]
     return tuple(out)
 
 
 # ----------------------------------------------------------------------------- comparison
-def _tick(deadline):
-    if time.monotonic() > deadline:
-        raise _Timeout()
-
-
 def _num(x, subs=None):
-    """(re, im) as sympy Floats, or None when x does not evaluate to a finite number."""
-    if x.has(sp.Sum, sp.Product):  # an unevaluated sum may have 10^9 terms: never evalf it
-        return None
-    v = x.evalf(30, subs=subs) if subs else x.evalf(30)
+    """x (at subs) as an exact Rational, a Python complex, or (re, im) sympy Floats beyond float range;
+    None if it is not a finite number."""
+    if x.is_Rational or x.has(sp.Sum, sp.Product):  # an unevaluated sum may have 10^9 terms: no evalf
+        return x if x.is_Rational else None
+    v = x.evalf(30, subs=subs)  # numeric substitution: no automatic simplification of f(number)
     if v.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
         return None
     re_, im_ = v.as_real_imag()
     if not (re_.is_Number and im_.is_Number):
         return None
-    z = complex(float(re_), float(im_))  # a Python complex where it fits: much faster to compare
+    z = complex(float(re_), float(im_))
     return z if abs(z) < 1e300 and (z != 0 or v == 0) else (re_, im_)
 
 
 def _close(a, b, inexact):
+    """Equal: exactly for rationals; else within 1e-6 * min(1, |a|) when a decimal is involved, or 1e-12 * max(1, |a|)."""
+    if isinstance(a, sp.Rational) and isinstance(b, sp.Rational):
+        return a == b
+    a, b = (x if not isinstance(x, sp.Rational) else complex(x) if abs(x) < 1e300 else (sp.Float(x), 0) for x in (a, b))
     if isinstance(a, complex) and isinstance(b, complex):
         d, m = abs(a - b), max(abs(a), abs(b))
     else:
         a, b = ((x.real, x.imag) if isinstance(x, complex) else x for x in (a, b))
-        d = abs(a[0] - b[0]) + abs(a[1] - b[1])
-        m = max(abs(a[0]) + abs(a[1]), abs(b[0]) + abs(b[1]))
-    return d <= (1e-6 * min(1, m) if inexact else 1e-14 * m + 1e-300)
-
-
-def _sample(name, k):
-    """The value a free symbol gets at sample point k: positive, fixed by its name."""
-    return sp.Float(0.53 + (zlib.crc32(name.encode()) % 997) / 503 + 0.377 * k)
+        d, m = abs(a[0] - b[0]) + abs(a[1] - b[1]), max(abs(a[0]) + abs(a[1]), abs(b[0]) + abs(b[1]))
+    return d <= (1e-6 * min(1, m) if inexact else 1e-12 * max(1, m))
 
 
 @functools.lru_cache(maxsize=16384)
 def _fingerprint(x):
-    """x evaluated at three sample points (a tuple of _num results), or None if too big."""
+    """x at three sample points: each free symbol gets a positive rational fixed by its name. None: too big."""
     syms = sorted(x.free_symbols, key=str)
     if len(syms) > 10 or sp.count_ops(x) > 400:
         return None
     if not syms:
         return (_num(x),) * 3
-    return tuple(_num(x, {s: _sample(s.name, k) for s in syms}) for k in range(3))
+    points = [{s: sp.Rational(530 + zlib.crc32(s.name.encode()) % 997 * 2 + 377 * k, 1000) for s in syms}
+              for k in range(3)]
+    if not x.atoms(sp.Function, sp.NumberSymbol, sp.Float, sp.ImaginaryUnit) and all(
+            p.exp.is_Integer for p in x.atoms(sp.Pow)):  # a rational function: exact values, x^{100} + 1 != x^{100}
+        return tuple(_num(x.subs(pt)) for pt in points)
+    return tuple(_num(x, pt) for pt in points)
 
 
-def _eq_expr(a, b, dl):
+def _eq_expr(a, b):
     if a == b:
         return True
     if (a.is_Rational and b.is_Rational) or a.has(sp.oo, -sp.oo, sp.zoo) or b.has(sp.oo, -sp.oo, sp.zoo):
         return False
+    if not (a.free_symbols or b.free_symbols) and (d := _num(a - b)) is not None and isinstance(d, sp.Rational):
+        return d == 0  # the difference is exact: (1 + \sqrt{2})^{99} + 1 is not (1 + \sqrt{2})^{99}
     fa, fb = _fingerprint(a), _fingerprint(b)
     if fa is None or fb is None:
         return False
-    inexact = bool(a.free_symbols or b.free_symbols) or a.has(sp.Float) or b.has(sp.Float)
     pairs = [(u, v) for u, v in zip(fa, fb) if u is not None or v is not None]
+    inexact = a.has(sp.Float) or b.has(sp.Float)
     return len(pairs) >= 2 and all(u is not None and v is not None and _close(u, v, inexact) for u, v in pairs)
 
 
-def _same_equation(g, p, dl):
-    """lhs1 - rhs1 and lhs2 - rhs2 are proportional: 2x + 4y - 3 = 0 is y = -x/2 + 3/4."""
+def _same_equation(g, p):
+    """lhs - rhs of both are proportional: 2x + 4y - 3 = 0 is y = -x/2 + 3/4."""
     if not _is_expr(*g.parts, *p.parts) or any(isinstance(x, sp.MatrixBase) for x in g.parts + p.parts):
         return False
     a, b = g.parts[0] - g.parts[1], p.parts[0] - p.parts[1]
     if a == b or a == -b:
         return True
-    syms = sorted(a.free_symbols | b.free_symbols, key=str)
-    if not syms or len(syms) > 10:
+    fa, fb = _fingerprint(a), _fingerprint(b)
+    if not (a.free_symbols | b.free_symbols) or fa is None or fb is None:
         return False
-    ratios = []
-    for k in range(3):
-        _tick(dl)
-        subs = {s: _sample(s.name, k) for s in syms}
-        va, vb = _num(a, subs), _num(b, subs)
-        if not isinstance(va, complex) or not isinstance(vb, complex) or abs(vb) < 1e-12:
-            continue
-        ratios.append(va / vb)
-    return len(ratios) >= 2 and abs(ratios[0]) > 1e-9 and all(_close(r, ratios[0], True) for r in ratios)
-
-
-def _interval(label_side_first, op, bound):
-    if not label_side_first:  # 3 < x is x > 3
-        op = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(op, op)
-    return {"<": sp.Interval.open(-sp.oo, bound), "<=": sp.Interval(-sp.oo, bound),
-            ">": sp.Interval.open(bound, sp.oo), ">=": sp.Interval(bound, sp.oo),
-            "!=": sp.Union(sp.Interval.open(-sp.oo, bound), sp.Interval.open(bound, sp.oo))}[op]
+    ratios = [u / v for u, v in zip(fa, fb) if isinstance(u, (complex, sp.Rational)) and isinstance(v, (complex, sp.Rational))
+              and abs(v) > 1e-12]
+    inexact = a.has(sp.Float) or b.has(sp.Float)
+    return len(ratios) >= 2 and ratios[0] != 0 and all(_close(r, ratios[0], inexact) for r in ratios)
 
 
 def _roots(poly, x):
-    if poly.free_symbols - {x} or sp.count_ops(poly) > 40:
-        raise _Fail("not a polynomial in one symbol")
+    _need(not poly.free_symbols - {x} and sp.count_ops(poly) <= 40, "not a polynomial in one symbol")
     p = sp.Poly(poly, x)
-    if p.degree() > 2 or (p.degree() == 2 and not p.domain.is_QQ and not p.domain.is_ZZ):
-        raise _Fail("only linear, or quadratic with rational coefficients")
+    _need(p.degree() <= 1 or p.degree() == 2 and (p.domain.is_QQ or p.domain.is_ZZ), "beyond quadratics")
     return [r for r in sp.roots(p) if abs(sp.im(r.evalf(20))) < 1e-20] if p.degree() > 0 else []
 
 
 def _solve(d, op, x):
-    """{x real : d(x) op 0} by a sign chart; d is a polynomial of degree <= 2, possibly with |...|."""
+    """{x real : d(x) op 0} by a sign chart: d is at most quadratic in x, possibly inside |...|."""
     args = [a.args[0] for a in d.atoms(sp.Abs)]
-    if len(args) > 3 or d.atoms(sp.Function) - d.atoms(sp.Abs):
-        raise _Fail("not piecewise polynomial")
+    _need(len(args) <= 3 and not d.atoms(sp.Function) - d.atoms(sp.Abs), "not piecewise polynomial")
     crit = [r for a in args for r in _roots(a, x)]
     for signs in product((1, -1), repeat=len(args)):
         crit += _roots(d.subs({sp.Abs(a): s * a for a, s in zip(args, signs)}), x)
     pts = sorted(set(crit), key=lambda r: float(r.evalf(20)))
     test = {"<": lambda v: v < -1e-20, "<=": lambda v: v <= 1e-20, ">": lambda v: v > 1e-20,
             ">=": lambda v: v >= -1e-20, "!=": lambda v: abs(v) > 1e-20}[op]
-    holds = lambda t: test(float(d.subs(x, t).evalf(30)))
-    bounds = [-sp.oo] + pts + [sp.oo]
+    holds = lambda t: test(float(d.subs(x, t).evalf(30)))  # noqa: E731
     parts = [sp.FiniteSet(p) for p in pts if holds(p)]
-    for lo, hi in zip(bounds, bounds[1:]):
-        mid = (lo + hi) / 2 if lo.is_finite and hi.is_finite else (hi - 1 if hi.is_finite else lo + 1 if lo.is_finite else 0)
+    for lo, hi in zip([-sp.oo] + pts, pts + [sp.oo]):
+        mid = (lo + hi) / 2 if lo.is_finite and hi.is_finite else hi - 1 if hi.is_finite else lo + 1 if lo.is_finite else 0
         if holds(mid):
             parts.append(sp.Interval.open(lo, hi))
     return sp.Union(*parts)
@@ -791,80 +697,54 @@ def _solve(d, op, x):
 
 @functools.lru_cache(maxsize=1024)
 def _rel_set(r):
-    try:
-        return _rel_set_uncached(r)
-    except (_Fail, TypeError, ValueError):  # complex or symbolic bounds: no set of reals
-        return None
-
-
-def _rel_set_uncached(r):
-    """The set of reals a relation describes: x >= 5 -> [5, oo), 1 <= |z| <= 2, x \\in [0, 1)."""
+    """The set of reals a relation describes (x >= 5, 1 <= |z| <= 2, 0 < f(x) < 1, x \\in S), or None."""
     if r.ops == ("=",):
-        ok = _is_label(r.parts[0]) and isinstance(r.parts[1], (sp.Set, Set))
-        return r.parts[1] if ok else None
+        return r.parts[1] if _is_label(r.parts[0]) and isinstance(r.parts[1], (sp.Set, Set)) else None
     if "=" in r.ops or len(r.parts) > 4 or not _is_expr(*r.parts) or any(isinstance(x, sp.MatrixBase) for x in r.parts):
         return None
     free = [p for p in r.parts if p.free_symbols]
     syms = set().union(*(p.free_symbols for p in free))
+    flip = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
     result = sp.S.Reals
-    for a, op, b in zip(r.parts, r.ops, r.parts[1:]):
-        if len(syms) == 1:  # -x > -1, 1 <= |z|, x^2 < 4
-            part = _solve(a - b, op, next(iter(syms)))
-        elif len(free) == 1 and _is_label(free[0]) and not (a.free_symbols and b.free_symbols):
-            part = _interval(bool(a.free_symbols), op, b if a.free_symbols else a)  # 0 < f(x) < 1
-        else:
-            return None
-        result = sp.Intersection(result, part)
+    try:
+        for a, op, b in zip(r.parts, r.ops, r.parts[1:]):
+            if len(syms) == 1:  # -x > -1, 1 <= |z|, x^2 < 4
+                part = _solve(a - b, op, next(iter(syms)))
+            elif len(free) == 1 and _is_label(free[0]) and not (a.free_symbols and b.free_symbols):  # 0 < f(x) < 1
+                op, c = (op, b) if a.free_symbols else (flip.get(op, op), a)
+                part = _solve(sp.Symbol("t") - c, op, sp.Symbol("t"))
+            else:
+                return None
+            result = sp.Intersection(result, part)
+    except (_Fail, TypeError, ValueError):  # complex or symbolic bounds: no set of reals
+        return None
     return result
 
 
-def _items(v):
-    if isinstance(v, (Set, Lst)):
-        return list(v.items)
-    if isinstance(v, sp.FiniteSet):
-        return list(v.args)
-    return None
-
-
-def _dedupe(xs, dl):
-    out = []
-    for x in xs:  # relations are kept apart by their left side too: {a = 0, b = 0} has two items
-        if not any(y == x if isinstance(x, Rel) else _eq(y, x, dl) for y in out):
-            out.append(x)
-    return out
-
-
 def _match(gs, ps, dl):
+    """Same items up to order and repetition (relations stay apart by their left side: a = 0, b = 0)."""
     if len(gs) > 100 or len(ps) > 100:
         return False
-    gs, ps = _dedupe(gs, dl), _dedupe(ps, dl)
-    if len(gs) != len(ps):
-        return False
+    gs, ps = ([x for i, x in enumerate(xs) if not any(y == x if isinstance(x, Rel) else _eq(y, x, dl)
+                                                      for y in xs[:i])] for xs in (gs, ps))
     left = list(ps)
     for g in gs:
         hit = next((p for p in left if _eq(g, p, dl)), None)
         if hit is None:
             return False
         left.remove(hit)
-    return True
-
-
-def _sorted_items(xs):
-    if all(isinstance(x, sp.Expr) and x.is_number and x.is_real for x in xs):
-        return sorted(xs, key=lambda x: float(x.evalf()))
-    return None
+    return not left
 
 
 def _eq(g, p, dl):
-    """Gold value g equals predicted value p."""
-    _tick(dl)
+    """Gold value g equals predicted value p (dl: the deadline)."""
+    if time.monotonic() > dl:
+        raise TimeoutError("verify deadline")
     if isinstance(p, Rel) and not isinstance(g, Rel):
-        if p.ops == ("=",):  # predicted x = 5 or 1 + 4 = 5 against gold 5 (not 2x - 10 = 0)
+        if p.ops == ("=",):  # x = 5 or 1 + 4 = 5 against gold 5 (not 2x - 10 = 0)
             lhs = p.parts[0]
-            ok = _is_label(lhs) or (isinstance(lhs, sp.Expr) and not lhs.free_symbols)
-            return ok and _eq(g, p.parts[1], dl)
-        s = _rel_set(p)
-        return s is not None and _eq(g, s, dl)
+            return (_is_label(lhs) or isinstance(lhs, sp.Expr) and not lhs.free_symbols) and _eq(g, p.parts[1], dl)
+        return (s := _rel_set(p)) is not None and _eq(g, s, dl)
     if isinstance(g, Rel) and not isinstance(p, Rel):
         s = _value_of(g) if g.ops == ("=",) else _rel_set(g)
         return s is not None and s is not g and _eq(s, p, dl)
@@ -872,29 +752,32 @@ def _eq(g, p, dl):
         if g.ops == p.ops == ("=",):
             if _is_label(g.parts[0]) and _is_label(p.parts[0]):
                 return _eq(g.parts[1], p.parts[1], dl)
-            return _same_equation(g, p, dl)
+            return _same_equation(g, p)
         sg, sp_ = _rel_set(g), _rel_set(p)
         if sg is not None and sp_ is not None:
             return _eq(sg, sp_, dl)
         return g.ops == p.ops and all(_eq(a, b, dl) for a, b in zip(g.parts, p.parts))
-    ig, ip = _items(g), _items(p)
+    ig, ip = (list(v.items) if isinstance(v, (Set, Lst)) else list(v.args) if isinstance(v, sp.FiniteSet) else None
+              for v in (g, p))
     if ig is not None or ip is not None:
-        for t, other in ((g, ip), (p, ig)):
-            if isinstance(t, Tup) and other is not None:  # (1, 3) vs {1, 3}: set read in sorted order
-                srt = other if isinstance(g if t is p else p, Lst) else _sorted_items(other)
-                return srt is not None and _eq(t, Tup(tuple(srt)), dl)
+        for t, other, v in ((g, ip, p), (p, ig, g)):
+            if isinstance(t, Tup) and other is not None:  # a list read in order; a set {1, 3} sorted
+                if not isinstance(v, Lst):
+                    if not all(isinstance(x, sp.Expr) and x.is_number and x.is_real for x in other):
+                        return False
+                    other = sorted(other, key=lambda x: float(x.evalf()))
+                return _eq(t, Tup(tuple(other)), dl)
         return _match(ig if ig is not None else [g], ip if ip is not None else [p], dl)
     if isinstance(g, Tup) or isinstance(p, Tup):
-        if isinstance(g, sp.Interval) or isinstance(p, sp.Interval):  # (a, b) is also an open interval
-            t, iv = (g, p) if isinstance(g, Tup) else (p, g)
-            return len(t.items) == 2 and iv.left_open and iv.right_open and _eq(Tup(iv.args[:2]), t, dl)
-        if isinstance(g, sp.MatrixBase) or isinstance(p, sp.MatrixBase):  # vector vs tuple
-            m, t = (g, p) if isinstance(g, sp.MatrixBase) else (p, g)
-            return 1 in m.shape and _eq(Tup(tuple(m)), t, dl)
-        return (isinstance(g, Tup) and isinstance(p, Tup) and len(g.items) == len(p.items)
-                and all(_eq(a, b, dl) for a, b in zip(g.items, p.items)))
+        t, o = (g, p) if isinstance(g, Tup) else (p, g)
+        if isinstance(o, sp.Interval):  # (a, b) is also an open interval
+            return len(t.items) == 2 and o.left_open and o.right_open and _eq(Tup(o.args[:2]), t, dl)
+        if isinstance(o, sp.MatrixBase):  # a vector
+            return 1 in o.shape and _eq(Tup(tuple(o)), t, dl)
+        return isinstance(o, Tup) and len(g.items) == len(p.items) and all(
+            _eq(a, b, dl) for a, b in zip(g.items, p.items))
     if isinstance(g, sp.Interval) and isinstance(p, sp.Interval):
-        return (g.left_open, g.right_open) == (p.left_open, p.right_open) and all(
+        return g.left_open == p.left_open and g.right_open == p.right_open and all(
             _eq(a, b, dl) for a, b in zip(g.args[:2], p.args[:2]))
     if isinstance(g, sp.Union) and isinstance(p, sp.Union):
         return _match(list(g.args), list(p.args), dl)
@@ -902,20 +785,18 @@ def _eq(g, p, dl):
         return g.shape == p.shape and all(_eq(a, b, dl) for a, b in zip(g, p))
     if isinstance(g, sp.Set) or isinstance(p, sp.Set):
         return g == p
-    if isinstance(g, sp.Expr) and isinstance(p, sp.Expr):
-        return _eq_expr(g, p, dl)
-    return False
+    return isinstance(g, sp.Expr) and isinstance(p, sp.Expr) and _eq_expr(g, p)
 
 
 def _verify(response, answer, deadline):
+    if response is None or answer is None:
+        return False
     gold, pred = _gold_text(answer), extract_answer(response)
     if gold is None or pred is None:
         return False
     if _norm(gold) == _norm(pred):
         return True
-    latex = re.compile(r"\\boxed|\\fbox|\$|\\\(|\\\[")
-    gvals = _values(gold, not latex.search(answer))
-    pvals = _values(pred, not latex.search(response))
+    gvals, pvals = _values(gold, not _LATEX.search(answer)), _values(pred, not _LATEX.search(response))
     if not pvals and _WORD.search(pred):  # words around the answer: fall back to its last number
         pvals = _values(_last_number(pred) or "", True)
     return any(_eq(g, p, deadline) for g in gvals for p in pvals)
@@ -925,7 +806,7 @@ def verify(response, answer):
     """True when the final answer of `response` equals the gold `answer` mathematically."""
     try:
         return bool(_verify(response, answer, time.monotonic() + BUDGET_S))
-    except Exception:  # _Timeout, sympy errors, RecursionError, MemoryError: not verified
+    except Exception:  # TimeoutError, sympy errors, RecursionError, MemoryError: not verified
         return False
 
 
@@ -936,15 +817,15 @@ def reward(response, answer):
 
 def _main(argv):
     if len(argv) == 2 and argv[0] == "--jsonl":
-        rows = [json.loads(line) for line in open(argv[1], encoding="utf-8") if line.strip()]
+        with open(argv[1], encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
         got = [verify(r["response"], r["answer"]) for r in rows]
         print(f"rows: {len(rows)}  verified true: {sum(got)}/{len(rows)} ({sum(got) / max(1, len(rows)):.1%})")
         labelled = [(g, bool(r["expected"])) for g, r in zip(got, rows) if "expected" in r]
-        if labelled:
-            for name, sel in (("all", labelled), ("expected true", [x for x in labelled if x[1]]),
-                              ("expected false", [x for x in labelled if not x[1]])):
-                agree = sum(g == e for g, e in sel)
-                print(f"agreement with expected ({name}): {agree}/{len(sel)} = {agree / max(1, len(sel)):.1%}")
+        for name, sel in (("all", labelled), ("expected true", [x for x in labelled if x[1]]),
+                          ("expected false", [x for x in labelled if not x[1]])) if labelled else ():
+            agree = sum(g == e for g, e in sel)
+            print(f"agreement with expected ({name}): {agree}/{len(sel)} = {agree / max(1, len(sel)):.1%}")
         return 0
     if len(argv) != 2:
         print(__doc__.split("\n\n")[1], file=sys.stderr)

@@ -140,6 +140,16 @@ def worker_train(model_dir, out_dir):
         json.dump({"weights": weights_hash(policy["model"]), **seen}, f)
 
 
+def worker_demo(out_dir):
+    """`hdpo.py --demo --arms hdpo --max-steps 2` under torchrun, the demo shortened as tests/test_demo.py does."""
+    import demo
+    demo.WARM = dict(demo.WARM, steps=6, batch=8)
+    make_task = demo.make_task
+    demo.make_task = lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32)
+    hdpo.main(["--demo", "--arms", "hdpo", "--max-steps", "2", "--output-dir", out_dir, "--prompts-per-step", "4",
+               "--num-generations", "4", "--privileged-generations", "2", "--max-new-tokens", "12"])
+
+
 # ---------------------------------------------------------------- the tests
 
 @pytest.fixture(scope="module")
@@ -215,24 +225,33 @@ def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen
     assert not glob.glob(str(out / "checkpoints" / "*.tmp"))
 
 
-@pytest.mark.skipif(not os.environ.get("HDPO_DEMO_TESTS"), reason="the demo takes minutes (its warm start): "
+def check_demo_metrics(out):
+    rows = read_jsonl(os.path.join(out, "hdpo", "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2] and all(r["world_size"] == 2 for r in rows)
+
+
+def test_ddp_short_demo_runs_under_torchrun(tmp_path):
+    """`torchrun --standalone --nproc_per_node 2 hdpo.py --demo --arms hdpo --max-steps 2`, the demo shortened."""
+    out = tmp_path / "demo"
+    proc = torchrun("demo", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    check_demo_metrics(out)
+
+
+@pytest.mark.skipif(not os.environ.get("HDPO_DEMO_TESTS"), reason="the full demo takes minutes (its warm start): "
                     "HDPO_DEMO_TESTS=1 runs it")
 def test_ddp_demo_command_runs_under_torchrun(tmp_path):
-    """The issue's command: torchrun --standalone --nproc_per_node 2 hdpo.py --demo --arms hdpo --max-steps 2."""
+    """The issue's command, unshortened: torchrun --standalone --nproc_per_node 2 hdpo.py --demo --arms hdpo --max-steps 2."""
     out = tmp_path / "demo"
     proc = torchrun("--demo", "--arms", "hdpo", "--max-steps", "2", "--output-dir", out, timeout=1800,
                     script=os.path.join(ROOT, "hdpo.py"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    found = glob.glob(str(out / "**" / "metrics.jsonl"), recursive=True)
-    assert found, f"no metrics.jsonl under {out}"
-    for path in found:
-        rows = read_jsonl(path)
-        assert [r["step"] for r in rows] == [1, 2] and all(r["world_size"] == 2 for r in rows), path
+    check_demo_metrics(out)
 
 
-if __name__ == "__main__":  # a torchrun worker: test_ddp.py grad OUT | train MODEL_DIR OUT
+if __name__ == "__main__":  # a torchrun worker: test_ddp.py grad OUT | train MODEL_DIR OUT | demo OUT
     mode, *rest = sys.argv[1:]
-    {"grad": worker_grad, "train": worker_train}[mode](*rest)
+    {"grad": worker_grad, "train": worker_train, "demo": worker_demo}[mode](*rest)
     import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()

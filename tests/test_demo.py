@@ -28,8 +28,10 @@ def test_tokenizer_round_trips_prompts_and_solutions(tmp_path):
         ids = tok(text, add_special_tokens=False).input_ids
         assert len(ids) == len(text)  # one token per character
         assert tok.decode(ids, skip_special_tokens=True) == text
-    for r in rows:
-        assert r["solution"].endswith("\\boxed{" + r["answer"] + "}") and int(r["answer"]) == eval(r["problem"][8:-1].replace(" plus ", "+").replace(" times ", "*"))
+    for r in rows:  # exact answers: the worked solution's left-hand side evaluates to the answer
+        lhs = r["solution"].split("=")[0]
+        assert r["solution"].endswith("\\boxed{" + r["answer"] + "}") and int(r["answer"]) == eval(lhs)
+        assert all(n in r["problem"] for n in lhs.replace("*", "+").split("+"))
     assert not {r["problem"] for r in train} & {r["problem"] for r in heldout}
 
 
