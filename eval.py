@@ -589,7 +589,7 @@ def _format_table(res, args, ks, batch_size):
     return "\n".join(lines)
 
 
-def _quiet_libraries():
+def quiet_libraries():
     """No library progress bars or info logs on the CLI: errors stay one line, the table stays readable."""
     try:
         import datasets
@@ -615,7 +615,7 @@ def main(argv=None):
         too_big = [k for k in ks if k > args.n]
         if too_big:
             parser.error(f"--k {' '.join(map(str, too_big))} needs at least that many samples per problem, but --n is {args.n}")
-    _quiet_libraries()
+    quiet_libraries()
     try:
         problems = load_problems(args.dataset, split=args.split, config=args.config, problem_key=args.problem_key,
                                  answer_key=args.answer_key, limit=args.limit)

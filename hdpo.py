@@ -36,6 +36,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -44,7 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from eval import DataError, ModelLoadError, chat_prompt, eos_token_ids, evaluate, generate, load_model, load_problems, summarize
+from eval import DataError, ModelLoadError, quiet_libraries, chat_prompt, eos_token_ids, evaluate, generate, load_model, load_problems, summarize
 
 LN2 = math.log(2.0)
 
@@ -126,6 +127,9 @@ def parse_args(argv=None):
               (a.warmup_steps >= 0 and a.eval_every >= 0 and a.save_every >= 0, "step counts must be >= 0"),
               (a.keep_checkpoints >= 1 and a.max_bad_steps >= 1, "--keep-checkpoints/--max-bad-steps must be >= 1"),
               (0 < a.val_fraction < 1, "--val-fraction must be in (0, 1)"), (a.eval_n >= 0, "--eval-n must be >= 0"),
+              (a.max_grad_norm > 0, "--max-grad-norm must be > 0"),
+              (all(0 <= b < 1 for b in a.adam_betas), "--adam-betas must be in [0, 1)"),
+              (a.adam_eps >= 0 and a.weight_decay >= 0, "--adam-eps and --weight-decay must be >= 0"),
               (all(1 <= k <= max(a.eval_n, 1) for k in a.eval_k), "each --eval-k must be in [1, --eval-n]")]
     for ok, msg in checks:
         if not ok:
@@ -421,8 +425,9 @@ def find_checkpoint(resume, out_dir):
 
 
 def append_jsonl(path, row):
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}  # strict JSON
     with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json.dumps(clean) + "\n")
 
 
 def truncate_jsonl(path, max_step):
@@ -499,9 +504,16 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
         rng_file = os.path.join(ckpt, f"rng-{rank}.pt")
         if os.path.exists(rng_file):
             set_rng_state(torch.load(rng_file, weights_only=False))
+        else:  # a rank the checkpoint did not have (larger world size)
+            s_ = args.seed + rank + 1000 * state["step"]
+            random.seed(s_), np.random.seed(s_), torch.manual_seed(s_)
         if rank == 0:
             for path in paths.values():
                 truncate_jsonl(path, state["step"])
+            root = os.path.join(out, "checkpoints")  # later checkpoints belong to the abandoned continuation
+            for d in os.listdir(root) if os.path.isdir(root) else []:
+                if d.startswith("step-") and int(d[5:].split(".")[0]) > state["step"]:
+                    shutil.rmtree(os.path.join(root, d), ignore_errors=True)
             print(f"resumed from {ckpt} at step {state['step']}")
     else:
         random.seed(args.seed + rank), np.random.seed(args.seed + rank), torch.manual_seed(args.seed + rank)
@@ -514,7 +526,8 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
         stop["signal"] = signum
         print(f"\nsignal {signum}: finishing step {state['step'] + 1}, then saving a checkpoint (again to quit now)", flush=True)
 
-    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if rank == 0 or ws > 1 else {}
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers need the main thread
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     n_tok = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
     P, G = args.prompts_per_step, args.num_generations
     gen = dict(temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=args.generation_batch_size,
@@ -628,20 +641,23 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
     if rank == 0 and not stop["signal"]:
         model.save_pretrained(os.path.join(out, "final"))
         tokenizer.save_pretrained(os.path.join(out, "final"))
+    if ws > 1:
+        dist.barrier()  # every rank returns with the run's files written
     return {"steps": state["step"], "time_s": time.time() - t_run, "output_dir": out, "best_eval": state["best"],
             "skipped_steps": state["skipped_steps"], "interrupted": stop["signal"] is not None}
 
 
 def main(argv=None):
     args = parse_args(argv)
+    quiet_libraries()  # no datasets/transformers progress bars: errors stay one line on stderr
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         if args.demo:
             import demo
             demo.run_demo(args)
-        else:
-            train(args)
+        elif train(args)["interrupted"]:
+            sys.exit(130)  # stopped by Ctrl-C / SIGTERM after saving a checkpoint: not a finished run
     except (DataError, ModelLoadError, TrainingError, FileNotFoundError) as e:
         if args.debug:
             raise

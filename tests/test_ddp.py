@@ -1,8 +1,10 @@
 """Issue 7: torchrun / multi-process training, on CPU with gloo (`pytest -k ddp`).
 
 The tests start `python -m torch.distributed.run --standalone --nproc_per_node 2` on this very file;
-run as a script it is the worker (see `worker_*` below), so the workers call the same functions the
-training loop calls: hdpo.step_gradients and hdpo.train.
+run as a script it is the worker (see `worker_*` below): `grad` calls hdpo.step_gradients, the function
+train() calls, on each rank's shard of a fixed batch; `train` and `demo` go through hdpo.main, which
+notices torchrun's RANK/WORLD_SIZE and starts gloo. The unshortened demo under torchrun takes minutes:
+HDPO_DEMO_TESTS=1 runs it.
 """
 import glob
 import hashlib
@@ -10,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -22,7 +25,7 @@ CASES = ("even", "uneven", "idle")  # how the fixed batch is split over the 2 ra
 TEACHERS = ("frozen", "drifting")
 
 
-def torchrun(*args, nproc=2, timeout=240, script=HERE):
+def torchrun(*args, nproc=2, timeout=400, script=HERE):
     """`torchrun --standalone --nproc_per_node nproc script args` as a subprocess."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
@@ -120,13 +123,19 @@ def worker_train(model_dir, out_dir):
 
     def capture(*a, **kw):  # the policy is the first model train() loads
         m, tok = load(*a, **kw)
-        policy.setdefault("model", m)
+        if "model" not in policy:
+            policy["model"] = m
+            if hdpo.world()[0] == 0:  # rank 0 saves slowly: a rank that does not wait for it shows
+                save = tok.save_pretrained
+                tok.save_pretrained = lambda *a, **kw: (time.sleep(1.0), save(*a, **kw))[1]
         return m, tok
 
     def train_and_record(args, *a, **kw):
         seen["world"] = list(hdpo.world())
         out = train(args, *a, **kw)
         seen["steps"] = out["steps"]
+        seen["final_on_return"] = all(os.path.isfile(os.path.join(args.output_dir, "final", f))
+                                      for f in ("model.safetensors", "tokenizer_config.json"))
         return out
 
     hdpo.load_model, hdpo.train = capture, train_and_record
@@ -198,6 +207,8 @@ def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen
     out = tmp_path / "run"
     proc = torchrun("train", tiny_qwen_dir, out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for line in ("HDPO | model", "step 1/2 |", "step 2/2 |", "checkpoint: "):  # only rank 0 logs
+        assert proc.stdout.count(line) == 1, (line, proc.stdout[-3000:])
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
@@ -210,8 +221,10 @@ def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen
     assert metrics[1]["val_greedy"] is not None
     evals = read_jsonl(out / "eval.jsonl")
     assert len(evals) == 1 and evals[0]["step"] == 2 and evals[0]["n_problems"] == 3  # gathered: 2 + 1
-    ranks = [json.load(open(out / f"rank-{r}.json")) for r in (0, 1)]
+    ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [[0, 2], [1, 2]] and all(r["steps"] == 2 for r in ranks)
+    # train() returns on every rank only once rank 0 has written final/ (demo.py loads it on each rank)
+    assert [r["final_on_return"] for r in ranks] == [True, True]
     assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients all-reduced, same update everywhere
     from eval import load_model
     ckpt = hdpo.find_checkpoint("latest", str(out))

@@ -98,6 +98,7 @@ def test_end_of_run_checkpoint_holds_everything_a_resume_needs(resumed):
     out, between, _ = resumed
     assert between["summary"]["steps"] == 2 and not between["summary"]["interrupted"]
     assert between["checkpoints"] == ["step-000002"]  # --save-every 3 never fired: the end-of-run checkpoint
+    assert [r["step"] for r in between["metrics"]] == [1, 2]
     files = between["files"]
     assert "trainer.pt" in files and "rng-0.pt" in files
     assert any(f.startswith("model/") and f.endswith(".safetensors") for f in files)
@@ -231,7 +232,7 @@ def test_sigterm_saves_a_checkpoint_that_resume_continues(tiny_qwen_dir, tmp_pat
     while (line := q.get(timeout=10)) is not None:
         lines.append(line)
     text = "".join(lines)
-    assert proc.returncode != -signal.SIGTERM, "killed by SIGTERM without the handler: " + text
+    assert proc.returncode == 130, "expected exit 130 after a checkpoint on SIGTERM: " + text
     assert "checkpoint:" in text, text + (tmp_path / "stderr.txt").read_text()
     ckpt = hdpo.find_checkpoint("latest", str(out))
     step = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)["step"]
@@ -263,7 +264,7 @@ def test_non_finite_steps_are_skipped_counted_and_leave_the_weights_alone(tiny_q
     m = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["skipped"] for r in m] == [True, True, False]
     assert [r["skipped_steps"] for r in m] == [1, 2, 2] and res["skipped_steps"] == 2
-    assert all(r["grad_norm"] != r["grad_norm"] or r["loss"] != r["loss"] for r in m[:2])  # NaN logged
+    assert all(r["grad_norm"] is None or r["loss"] is None for r in m[:2])  # NaN logged as null (strict JSON)
     init = state_dict(tiny_qwen_dir)
     ck = lambda s: os.path.join(tmp_path, "checkpoints", f"step-{s:06d}")
     after2 = state_dict(os.path.join(ck(2), "model"))
@@ -333,7 +334,7 @@ def cli_runs(tiny_qwen_dir, tmp_path_factory):
     for name, p in procs.items():
         out, err = p.communicate(timeout=600)
         res[name] = subprocess.CompletedProcess(p.args, p.returncode, out, err)
-    return res, {"no_answer": no_answer, "no_problem": no_problem}
+    return res
 
 
 @pytest.mark.parametrize("case,needles", [
@@ -344,7 +345,7 @@ def cli_runs(tiny_qwen_dir, tmp_path_factory):
     ("empty_dataset", ["empty.jsonl", "empty"]),
 ])
 def test_bad_input_is_one_line_on_stderr_and_exit_1(cli_runs, case, needles):
-    r = cli_runs[0][case]
+    r = cli_runs[case]
     assert r.returncode == 1, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
@@ -355,12 +356,12 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1(cli_runs, case, needles):
 
 
 def test_debug_shows_the_traceback(cli_runs):
-    r = cli_runs[0]["missing_folder_debug"]
+    r = cli_runs["missing_folder_debug"]
     assert r.returncode != 0 and "Traceback" in r.stderr and "ModelLoadError" in r.stderr
 
 
 def test_invalid_flag_value_is_an_argparse_error(cli_runs):
-    r = cli_runs[0]["invalid_flag"]
+    r = cli_runs["invalid_flag"]
     assert r.returncode == 2 and "usage:" in r.stderr and "--max-bad-steps" in r.stderr and "Traceback" not in r.stderr
 
 
