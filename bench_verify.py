@@ -30,7 +30,7 @@ def workloads():
 
 
 def clear_caches():
-    for fn in (ours._values, ours._fingerprint, ours._rel_set):
+    for fn in (ours._parsing, ours._fingerprint, ours._rel_set):
         fn.cache_clear()
     sympy.core.cache.clear_cache()
 

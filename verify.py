@@ -33,13 +33,17 @@ Where it departs from Math-Verify (huggingface/Math-Verify, default settings):
   - expressions with free symbols are compared at sample points (positive reals), equations
     by proportionality of lhs - rhs, base subscripts are dropped (204_5 reads as 204).
 """
+import cmath
 import functools
 import json
+import math
 import re
 import sys
+import threading
 import time
 import zlib
 from collections import namedtuple
+from concurrent.futures import Future
 from itertools import product
 
 import sympy as sp
@@ -256,19 +260,36 @@ def _need(ok, why):
 
 
 def _pow(b, e):
-    """b ** e, refusing what would be too big to compute: towers, huge roots, big matrix powers."""
+    """b ** e, refusing what sympy would compute exactly and be too big: towers, huge roots, big
+    matrix powers, and 10^{10^{20} + x} (sympy pulls the rational part out of an exponent)."""
     _need(_is_expr(b, e) and not isinstance(e, sp.MatrixBase) and not e.has(PM), "power")
     if isinstance(b, sp.MatrixBase):
         _need(e.is_Integer and abs(e) <= 10 and max(b.shape) <= 6, "matrix power")
-    elif e.is_number and b not in (0, 1, -1):
-        size = abs(e) if e.is_Number else abs(_num(e) or sp.oo)  # never compare sympy expressions here
+        return b ** e
+    if b not in (0, 1, -1):
+        if e.is_number:
+            size = abs(e) if e.is_Number else abs(_num(e) or math.inf)
+        else:
+            size = max([abs(r) for r in e.atoms(sp.Rational)] + [0])
         _need(size <= 10_000, "exponent too large")
-        c = b.as_coeff_Mul()[0]  # the rational factor that sympy raises exactly: (10^{1000} x)^{9000}
-        if c.is_Rational:
-            bits = max(int(c.p).bit_length(), int(c.q).bit_length())
-            _need(bits * size <= MAX_POW_BITS, "power too large")
+        n = b.as_independent(*b.free_symbols, as_Add=False)[0]  # the numeric factor: 3^{1/4} in (3x)^{1/4}
+        z = _num(n)
+        if isinstance(z, sp.Rational):
+            bits = max(int(z.p).bit_length(), int(z.q).bit_length())
             _need(e.is_Integer or bits <= 200, "root of a huge number")  # sympy would try to factor it
-    return b ** e
+        else:
+            bits = abs(math.log2(abs(z))) if z else math.inf
+        _need(bits * size <= MAX_POW_BITS, "power too large")
+    # evaluated only in the simple cases: otherwise sympy's Pow() runs factor_terms(e), re/im of the
+    # base and branch checks of (b^u)^v, which can take seconds on a hostile expression
+    simple = e.is_Integer or e.is_Rational and (b.is_Number or b.is_Symbol)
+    return b ** e if simple else sp.Pow(b, e, evaluate=False)
+
+
+def _apply(f, x):
+    """f(x), left unevaluated unless x is a plain number or symbol: sympy's own simplification of
+    Abs(an expression with complex parts) alone can take minutes; numeric comparison needs none of it."""
+    return f(x) if x.is_Number or x.is_Symbol else f(x, evaluate=False)
 
 
 def _as_set(v):
@@ -352,7 +373,7 @@ class _Parser:
         while (op := self.accept("+", "-", "\\pm", "\\mp")) is not None:
             w = self.term()
             _need(_is_expr(terms[0], w), "sum of non-expressions")
-            terms.append({"+": w, "-": -w, "\\pm": PM * w, "\\mp": -PM * w}[op])
+            terms.append(w if op == "+" else -w if op == "-" else PM * w if op == "\\pm" else -PM * w)
         if len(terms) > 1 and not any(isinstance(t, sp.MatrixBase) for t in terms):
             return sp.Add(*terms)  # one flatten: adding terms one by one is quadratic
         return functools.reduce(lambda a, b: a + b, terms)
@@ -382,7 +403,7 @@ class _Parser:
             return self.power()
         v = self.unary()
         _need(_is_expr(v), "sign of a non-expression")
-        return {"-": -v, "+": v, "\\pm": PM * v, "\\mp": -PM * v}[op]
+        return v if op == "+" else -v if op == "-" else PM * v if op == "\\pm" else -PM * v
 
     def power(self):
         base = self.postfix()
@@ -425,7 +446,7 @@ class _Parser:
         kind, text = self.take()
         if kind == "num":
             _need(len(text) <= MAX_DIGITS, "literal too long")
-            return sp.Float(text, max(15, len(text) + 2)) if "." in text else sp.Integer(text)
+            return sp.Rational(text)  # exact, also for decimals: sympy loops on (2.0 * 2^{1/4})^{1/2}
         if text in _CONST:
             return _CONST[text]
         if kind == "ch" and text.isalpha():
@@ -448,7 +469,7 @@ class _Parser:
         if text in ("|", "\\lfloor", "\\lceil"):
             v = self.expr()
             self.expect({"|": "|", "\\lfloor": "\\rfloor", "\\lceil": "\\rceil"}[text])
-            return {"|": sp.Abs, "\\lfloor": sp.floor, "\\lceil": sp.ceiling}[text](v)
+            return _apply({"|": sp.Abs, "\\lfloor": sp.floor, "\\lceil": sp.ceiling}[text], v)
         if text == "\\frac":
             num, den = self.arg(), self.arg()
             _need(_is_expr(num, den) and not isinstance(den, sp.MatrixBase), "frac")
@@ -463,7 +484,7 @@ class _Parser:
             return _pow(x, sp.S.One / n)
         if text == "\\binom":
             n, k = self.arg(), self.arg()
-            small = all(x.is_Integer and abs(x) <= 10 ** 6 for x in (n, k))
+            small = all(x.is_Integer and abs(x) <= 10_000 for x in (n, k))
             _need(_is_expr(n, k) and not (n.has(PM) or k.has(PM)) and (small or not (n.is_number or k.is_number)), "binom")
             return sp.binomial(n, k)
         if text in ("\\sum", "\\prod"):
@@ -482,7 +503,10 @@ class _Parser:
         _need(_is_expr(x) and not isinstance(x, sp.MatrixBase), "function argument")
         if power == -1 and name in ("sin", "cos", "tan"):  # \sin^{-1} x
             return {"sin": sp.asin, "cos": sp.acos, "tan": sp.atan}[name](x)
-        v = sp.log(x, base) if base is not None and name == "log" else _FUNCS[name](x)
+        if base is not None and name == "log":
+            v = sp.log(x, base) if x.is_Number and base.is_Number else _apply(sp.log, x) / _apply(sp.log, base)
+        else:
+            v = _apply(_FUNCS[name], x)
         return v if power is None else _pow(v, power)
 
     def big_operator(self, text):
@@ -568,7 +592,6 @@ def _max_depth(s):
     return top
 
 
-@functools.lru_cache(maxsize=8192)
 def _values(s, plain=False):
     """Every reading of an answer string as a tuple (a percentage gives two); () if unparsable."""
     t, pct = _prep(s) if len(s) <= 2 * MAX_ANSWER else ("", False)
@@ -593,32 +616,84 @@ def _values(s, plain=False):
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=8192)
+def _parsing(s, plain):
+    """A Future of _values(s, plain), computed in a daemon thread. The structural bounds above are the
+    real defence against runaway sympy work; this is the backstop that lets verify() return at its
+    deadline anyway. A thread that runs away is abandoned (only process exit stops it), and the cache
+    keeps the same text from starting a second one."""
+    future = Future()
+
+    def run():
+        try:
+            future.set_result(_values(s, plain))
+        except BaseException as exc:  # noqa: BLE001  (handed to the waiting caller)
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True, name="verify-parse").start()
+    return future
+
+
+def _parsed(s, plain, deadline):
+    try:
+        return _parsing(s, plain).result(timeout=max(0.0, deadline - time.monotonic()))
+    except Exception:  # the deadline passed, or parsing failed
+        return ()
+
+
 # ----------------------------------------------------------------------------- comparison
-def _num(x, subs=None):
-    """x (at subs) as an exact Rational, a Python complex, or (re, im) sympy Floats beyond float range;
-    None if it is not a finite number."""
-    if x.is_Rational or x.has(sp.Sum, sp.Product):  # an unevaluated sum may have 10^9 terms: no evalf
-        return x if x.is_Rational else None
-    v = x.evalf(30, subs=subs)  # numeric substitution: no automatic simplification of f(number)
-    if v.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+_CMATH = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "asin": cmath.asin, "acos": cmath.acos,
+          "atan": cmath.atan, "sinh": cmath.sinh, "cosh": cmath.cosh, "tanh": cmath.tanh, "exp": cmath.exp,
+          "log": cmath.log, "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z),
+          "cot": lambda z: 1 / cmath.tan(z), "Abs": abs}
+_REAL = {"floor": math.floor, "ceiling": math.ceil, "factorial": lambda v: math.gamma(v + 1)}
+
+
+def _cval(x, env):
+    """x as a Python complex, env giving the symbols' values. Float arithmetic cannot run away the
+    way sympy's evalf can (sin(10^{10^4}), Gamma of huge arguments); overflow just raises."""
+    if x.is_Rational:
+        return complex(int(x.p) / int(x.q))
+    if x.is_Symbol:
+        return env[x]
+    if x in (sp.pi, sp.E, sp.I):
+        return {sp.pi: complex(math.pi), sp.E: complex(math.e), sp.I: 1j}[x]
+    args = [_cval(a, env) for a in x.args]
+    name = type(x).__name__
+    if x.is_Add or x.is_Mul:
+        return functools.reduce((lambda a, b: a + b) if x.is_Add else (lambda a, b: a * b), args)
+    if x.is_Pow:
+        return args[0] ** args[1]
+    if name in _CMATH:
+        return complex(_CMATH[name](*args))
+    if name in _REAL and abs(args[0].imag) < 1e-12:
+        return complex(_REAL[name](args[0].real))
+    if name == "binomial" and all(abs(a.imag) < 1e-12 for a in args):
+        n, k = (a.real for a in args)
+        return complex(math.gamma(n + 1) / (math.gamma(k + 1) * math.gamma(n - k + 1)))
+    raise _Fail(f"no numeric value for {name}")
+
+
+def _num(x, env=None):
+    """x as an exact Rational, else a finite Python complex (free symbols valued by env); else None."""
+    if isinstance(x, sp.Rational):
+        return x
+    try:
+        z = _cval(x, env or {})
+    except (_Fail, ArithmeticError, ValueError, TypeError, KeyError, RecursionError):
         return None
-    re_, im_ = v.as_real_imag()
-    if not (re_.is_Number and im_.is_Number):
-        return None
-    z = complex(float(re_), float(im_))
-    return z if abs(z) < 1e300 and (z != 0 or v == 0) else (re_, im_)
+    return z if cmath.isfinite(z) else None
 
 
 def _close(a, b, inexact):
     """Equal: exactly for rationals; else within 1e-6 * min(1, |a|) when a decimal is involved, or 1e-12 * max(1, |a|)."""
-    if isinstance(a, sp.Rational) and isinstance(b, sp.Rational):
+    if isinstance(a, sp.Rational) and isinstance(b, sp.Rational) and not inexact:
         return a == b
-    a, b = (x if not isinstance(x, sp.Rational) else complex(x) if abs(x) < 1e300 else (sp.Float(x), 0) for x in (a, b))
-    if isinstance(a, complex) and isinstance(b, complex):
-        d, m = abs(a - b), max(abs(a), abs(b))
-    else:
-        a, b = ((x.real, x.imag) if isinstance(x, complex) else x for x in (a, b))
-        d, m = abs(a[0] - b[0]) + abs(a[1] - b[1]), max(abs(a[0]) + abs(a[1]), abs(b[0]) + abs(b[1]))
+    try:
+        a, b = complex(a), complex(b)
+    except OverflowError:
+        return False
+    d, m = abs(a - b), max(abs(a), abs(b))
     return d <= (1e-6 * min(1, m) if inexact else 1e-12 * max(1, m))
 
 
@@ -632,48 +707,51 @@ def _fingerprint(x):
         return (_num(x),) * 3
     points = [{s: sp.Rational(530 + zlib.crc32(s.name.encode()) % 997 * 2 + 377 * k, 1000) for s in syms}
               for k in range(3)]
-    if not x.atoms(sp.Function, sp.NumberSymbol, sp.Float, sp.ImaginaryUnit) and all(
-            p.exp.is_Integer for p in x.atoms(sp.Pow)):  # a rational function: exact values, x^{100} + 1 != x^{100}
+    if not x.atoms(sp.Function, sp.NumberSymbol) and not x.has(sp.I) and all(
+            p.exp.is_Integer and abs(p.exp) <= 1000 for p in x.atoms(sp.Pow)):  # a rational function: exact values, x^{100} + 1 != x^{100}
         return tuple(_num(x.subs(pt)) for pt in points)
-    return tuple(_num(x, pt) for pt in points)
+    return tuple(_num(x, {s: complex(v) for s, v in pt.items()}) for pt in points)
 
 
-def _eq_expr(a, b):
+def _eq_expr(a, b, inexact):
     if a == b:
         return True
-    if (a.is_Rational and b.is_Rational) or a.has(sp.oo, -sp.oo, sp.zoo) or b.has(sp.oo, -sp.oo, sp.zoo):
+    if (a.is_Rational and b.is_Rational and not inexact) or a.has(sp.oo, -sp.oo, sp.zoo) or b.has(sp.oo, -sp.oo, sp.zoo):
         return False
-    if not (a.free_symbols or b.free_symbols) and (d := _num(a - b)) is not None and isinstance(d, sp.Rational):
-        return d == 0  # the difference is exact: (1 + \sqrt{2})^{99} + 1 is not (1 + \sqrt{2})^{99}
     fa, fb = _fingerprint(a), _fingerprint(b)
     if fa is None or fb is None:
         return False
     pairs = [(u, v) for u, v in zip(fa, fb) if u is not None or v is not None]
-    inexact = a.has(sp.Float) or b.has(sp.Float)
     return len(pairs) >= 2 and all(u is not None and v is not None and _close(u, v, inexact) for u, v in pairs)
 
 
-def _same_equation(g, p):
-    """lhs - rhs of both are proportional: 2x + 4y - 3 = 0 is y = -x/2 + 3/4."""
-    if not _is_expr(*g.parts, *p.parts) or any(isinstance(x, sp.MatrixBase) for x in g.parts + p.parts):
+def _diff(fa, fb):
+    """Pointwise fa - fb of two fingerprints (no new sympy expression is built while comparing)."""
+    return tuple(None if u is None or v is None else u - v if isinstance(u, sp.Rational) and isinstance(v, sp.Rational)
+                 else complex(u) - complex(v) for u, v in zip(fa, fb))
+
+
+def _same_equation(g, p, inexact):
+    """lhs - rhs of both are proportional at the sample points: 2x + 4y - 3 = 0 is y = -x/2 + 3/4."""
+    if not all(isinstance(x, sp.Expr) and not isinstance(x, sp.MatrixBase) for x in g.parts + p.parts):
         return False
-    a, b = g.parts[0] - g.parts[1], p.parts[0] - p.parts[1]
-    if a == b or a == -b:
-        return True
-    fa, fb = _fingerprint(a), _fingerprint(b)
-    if not (a.free_symbols | b.free_symbols) or fa is None or fb is None:
+    fps = [_fingerprint(x) for x in g.parts + p.parts]
+    if None in fps or not any(x.free_symbols for x in g.parts + p.parts):
         return False
-    ratios = [u / v for u, v in zip(fa, fb) if isinstance(u, (complex, sp.Rational)) and isinstance(v, (complex, sp.Rational))
-              and abs(v) > 1e-12]
-    inexact = a.has(sp.Float) or b.has(sp.Float)
+    try:
+        ratios = [u / v if isinstance(u, sp.Rational) and isinstance(v, sp.Rational) else complex(u) / complex(v)
+                  for u, v in zip(_diff(*fps[:2]), _diff(*fps[2:])) if u is not None and v is not None and abs(v) > 1e-12]
+    except OverflowError:
+        return False
     return len(ratios) >= 2 and ratios[0] != 0 and all(_close(r, ratios[0], inexact) for r in ratios)
 
 
 def _roots(poly, x):
-    _need(not poly.free_symbols - {x} and sp.count_ops(poly) <= 40, "not a polynomial in one symbol")
+    _need(not poly.free_symbols - {x} and sp.count_ops(poly) <= 40 and all(
+        p.exp.is_Integer and 0 < p.exp <= 2 for p in poly.atoms(sp.Pow) if p.has(x)), "not a quadratic in x")
     p = sp.Poly(poly, x)
     _need(p.degree() <= 1 or p.degree() == 2 and (p.domain.is_QQ or p.domain.is_ZZ), "beyond quadratics")
-    return [r for r in sp.roots(p) if abs(sp.im(r.evalf(20))) < 1e-20] if p.degree() > 0 else []
+    return [r for r in sp.roots(p) if abs(complex(_num(r)).imag) < 1e-12] if p.degree() > 0 else []
 
 
 def _solve(d, op, x):
@@ -683,10 +761,10 @@ def _solve(d, op, x):
     crit = [r for a in args for r in _roots(a, x)]
     for signs in product((1, -1), repeat=len(args)):
         crit += _roots(d.subs({sp.Abs(a): s * a for a, s in zip(args, signs)}), x)
-    pts = sorted(set(crit), key=lambda r: float(r.evalf(20)))
-    test = {"<": lambda v: v < -1e-20, "<=": lambda v: v <= 1e-20, ">": lambda v: v > 1e-20,
-            ">=": lambda v: v >= -1e-20, "!=": lambda v: abs(v) > 1e-20}[op]
-    holds = lambda t: test(float(d.subs(x, t).evalf(30)))  # noqa: E731
+    pts = sorted(set(crit), key=lambda r: complex(_num(r)).real)
+    test = {"<": lambda v: v < -1e-12, "<=": lambda v: v <= 1e-12, ">": lambda v: v > 1e-12,
+            ">=": lambda v: v >= -1e-12, "!=": lambda v: abs(v) > 1e-12}[op]
+    holds = lambda t: test(complex(_num(d, {x: complex(_num(t))})).real)  # noqa: E731  (None: TypeError)
     parts = [sp.FiniteSet(p) for p in pts if holds(p)]
     for lo, hi in zip([-sp.oo] + pts, pts + [sp.oo]):
         mid = (lo + hi) / 2 if lo.is_finite and hi.is_finite else hi - 1 if hi.is_finite else lo + 1 if lo.is_finite else 0
@@ -708,6 +786,7 @@ def _rel_set(r):
     result = sp.S.Reals
     try:
         for a, op, b in zip(r.parts, r.ops, r.parts[1:]):
+            _need(sp.count_ops(a) + sp.count_ops(b) <= 40, "too big to solve")
             if len(syms) == 1:  # -x > -1, 1 <= |z|, x^2 < 4
                 part = _solve(a - b, op, next(iter(syms)))
             elif len(free) == 1 and _is_label(free[0]) and not (a.free_symbols and b.free_symbols):  # 0 < f(x) < 1
@@ -721,42 +800,42 @@ def _rel_set(r):
     return result
 
 
-def _match(gs, ps, dl):
+def _match(gs, ps, cx):
     """Same items up to order and repetition (relations stay apart by their left side: a = 0, b = 0)."""
     if len(gs) > 100 or len(ps) > 100:
         return False
-    gs, ps = ([x for i, x in enumerate(xs) if not any(y == x if isinstance(x, Rel) else _eq(y, x, dl)
+    gs, ps = ([x for i, x in enumerate(xs) if not any(y == x if isinstance(x, Rel) else _eq(y, x, cx)
                                                       for y in xs[:i])] for xs in (gs, ps))
     left = list(ps)
     for g in gs:
-        hit = next((p for p in left if _eq(g, p, dl)), None)
+        hit = next((p for p in left if _eq(g, p, cx)), None)
         if hit is None:
             return False
         left.remove(hit)
     return not left
 
 
-def _eq(g, p, dl):
-    """Gold value g equals predicted value p (dl: the deadline)."""
-    if time.monotonic() > dl:
+def _eq(g, p, cx):
+    """Gold value g equals predicted value p; cx = (deadline, whether a decimal number is involved)."""
+    if time.monotonic() > cx[0]:
         raise TimeoutError("verify deadline")
     if isinstance(p, Rel) and not isinstance(g, Rel):
         if p.ops == ("=",):  # x = 5 or 1 + 4 = 5 against gold 5 (not 2x - 10 = 0)
             lhs = p.parts[0]
-            return (_is_label(lhs) or isinstance(lhs, sp.Expr) and not lhs.free_symbols) and _eq(g, p.parts[1], dl)
-        return (s := _rel_set(p)) is not None and _eq(g, s, dl)
+            return (_is_label(lhs) or isinstance(lhs, sp.Expr) and not lhs.free_symbols) and _eq(g, p.parts[1], cx)
+        return (s := _rel_set(p)) is not None and _eq(g, s, cx)
     if isinstance(g, Rel) and not isinstance(p, Rel):
         s = _value_of(g) if g.ops == ("=",) else _rel_set(g)
-        return s is not None and s is not g and _eq(s, p, dl)
+        return s is not None and s is not g and _eq(s, p, cx)
     if isinstance(g, Rel):
         if g.ops == p.ops == ("=",):
             if _is_label(g.parts[0]) and _is_label(p.parts[0]):
-                return _eq(g.parts[1], p.parts[1], dl)
-            return _same_equation(g, p)
+                return _eq(g.parts[1], p.parts[1], cx)
+            return _same_equation(g, p, cx[1])
         sg, sp_ = _rel_set(g), _rel_set(p)
         if sg is not None and sp_ is not None:
-            return _eq(sg, sp_, dl)
-        return g.ops == p.ops and all(_eq(a, b, dl) for a, b in zip(g.parts, p.parts))
+            return _eq(sg, sp_, cx)
+        return g.ops == p.ops and all(_eq(a, b, cx) for a, b in zip(g.parts, p.parts))
     ig, ip = (list(v.items) if isinstance(v, (Set, Lst)) else list(v.args) if isinstance(v, sp.FiniteSet) else None
               for v in (g, p))
     if ig is not None or ip is not None:
@@ -765,27 +844,27 @@ def _eq(g, p, dl):
                 if not isinstance(v, Lst):
                     if not all(isinstance(x, sp.Expr) and x.is_number and x.is_real for x in other):
                         return False
-                    other = sorted(other, key=lambda x: float(x.evalf()))
-                return _eq(t, Tup(tuple(other)), dl)
-        return _match(ig if ig is not None else [g], ip if ip is not None else [p], dl)
+                    other = sorted(other, key=lambda x: complex(_num(x) or 0).real)
+                return _eq(t, Tup(tuple(other)), cx)
+        return _match(ig if ig is not None else [g], ip if ip is not None else [p], cx)
     if isinstance(g, Tup) or isinstance(p, Tup):
         t, o = (g, p) if isinstance(g, Tup) else (p, g)
         if isinstance(o, sp.Interval):  # (a, b) is also an open interval
-            return len(t.items) == 2 and o.left_open and o.right_open and _eq(Tup(o.args[:2]), t, dl)
+            return len(t.items) == 2 and o.left_open and o.right_open and _eq(Tup(o.args[:2]), t, cx)
         if isinstance(o, sp.MatrixBase):  # a vector
-            return 1 in o.shape and _eq(Tup(tuple(o)), t, dl)
+            return 1 in o.shape and _eq(Tup(tuple(o)), t, cx)
         return isinstance(o, Tup) and len(g.items) == len(p.items) and all(
-            _eq(a, b, dl) for a, b in zip(g.items, p.items))
+            _eq(a, b, cx) for a, b in zip(g.items, p.items))
     if isinstance(g, sp.Interval) and isinstance(p, sp.Interval):
         return g.left_open == p.left_open and g.right_open == p.right_open and all(
-            _eq(a, b, dl) for a, b in zip(g.args[:2], p.args[:2]))
+            _eq(a, b, cx) for a, b in zip(g.args[:2], p.args[:2]))
     if isinstance(g, sp.Union) and isinstance(p, sp.Union):
-        return _match(list(g.args), list(p.args), dl)
-    if isinstance(g, sp.MatrixBase) and isinstance(p, sp.MatrixBase):
-        return g.shape == p.shape and all(_eq(a, b, dl) for a, b in zip(g, p))
+        return _match(list(g.args), list(p.args), cx)
+    if isinstance(g, sp.MatrixBase) or isinstance(p, sp.MatrixBase):
+        return type(g) is type(p) and g.shape == p.shape and all(_eq(a, b, cx) for a, b in zip(g, p))
     if isinstance(g, sp.Set) or isinstance(p, sp.Set):
         return g == p
-    return isinstance(g, sp.Expr) and isinstance(p, sp.Expr) and _eq_expr(g, p)
+    return isinstance(g, sp.Expr) and isinstance(p, sp.Expr) and _eq_expr(g, p, cx[1])
 
 
 def _verify(response, answer, deadline):
@@ -796,10 +875,13 @@ def _verify(response, answer, deadline):
         return False
     if _norm(gold) == _norm(pred):
         return True
-    gvals, pvals = _values(gold, not _LATEX.search(answer)), _values(pred, not _LATEX.search(response))
+    gvals = _parsed(gold, not _LATEX.search(answer), deadline)
+    pvals = _parsed(pred, not _LATEX.search(response), deadline)
     if not pvals and _WORD.search(pred):  # words around the answer: fall back to its last number
-        pvals = _values(_last_number(pred) or "", True)
-    return any(_eq(g, p, deadline) for g in gvals for p in pvals)
+        pvals = _parsed(_last_number(pred) or "", True, deadline)
+    decimal = re.compile(r"\d\.\d|(?<!\d)\.\d")  # a decimal on either side: compare with a tolerance
+    cx = (deadline, bool(decimal.search(gold) or decimal.search(pred)))
+    return any(_eq(g, p, cx) for g in gvals for p in pvals)
 
 
 def verify(response, answer):
