@@ -1,9 +1,10 @@
 """Benchmark: one HDPO/GRPO step against TRL's GRPOTrainer on the same work, on this machine.
 
-    python bench.py                       # full run (~10-15 min on 2 CPU cores), writes bench_results.json
-    python bench.py --quick               # fewer repeats and steps (a few minutes)
+    python bench.py                       # full run (~12-15 min on 2 CPU cores), writes bench_results.json
+    python bench.py --quick               # fewer repeats and steps, lengths 64 and 256 only
     python bench.py --skip-trl            # without the TRL baseline
     python bench.py --trl-python /path/to/venv/bin/python   # TRL lives in another environment
+    python bench.py --ab candidate.py     # also run our steps with candidate.py (monkeypatching hdpo/eval) applied
 
 The setting (the issue's): a random-weight Qwen2 (hidden 64, 2 layers, tied embeddings) with the real
 Qwen2.5 tokenizer and its 151,936-token vocabulary (offline.py), the first 4 MATH-500 prompts
@@ -19,16 +20,22 @@ includes importing its libraries and loading the model) is its own:
                 call, micro-batches of 4 with 8 accumulation steps (one optimiser step per 32 rollouts, as ours)
   hdpo          our step, hdpo.train with λ = 0; median of step_time_s in its metrics.jsonl (warm-up steps dropped)
   hdpo_cliffs   our step with λ > 0 where every prompt is a cliff: every plain rollout gets reward 0 and every
-                privileged rollout reward 1, so each step distils all 4 prompts (4 privileged rollouts each)
+                privileged rollout reward 1, so each step distils all 4 prompts (4 privileged rollouts each).
+                All GRPO advantages are then 0, so this step has no GRPO backward: it generates 32 + 16
+                rollouts and runs the teacher top-k and the JSD backward on the 16 privileged ones
   memlen_<L>    peak memory of our loss passes (grpo_backward, then jsd_backward) on one micro-batch of 4
                 synthetic sequences with L completion tokens each (the real prompt, L random token ids);
                 measured as the rise of VmHWM above the resident set before the call (Linux clear_refs)
   genopts       generation options of transformers on this CPU: dynamic vs static cache, continuous batching
                 (`generate_batch`), and eval.generate; greedy outputs compared for exactness
 
+Times: wall (what the issue asks for) and the process's CPU time (user + system), which moves much less than
+wall time when other processes share the machine. OpenMP threads run with OMP_WAIT_POLICY=PASSIVE (unless set):
+spinning waits on a shared 2-core machine cost up to 6x the CPU time in decoding. Peak RSS is the process's
+VmHWM (Linux), read when the child ends (for our runs and TRL, also after every step).
 The reward (both systems, identical): a random-weight model never gets a verifier reward, so every group would
 have zero advantages and neither system would do backward work. Instead reward = 1 bit of SHA-256 of the
-completion text: deterministic, reward-independent of the system, about half the rollouts rewarded, so the
+completion text: deterministic, independent of the system, about half the rollouts rewarded, so the
 advantages are non-zero and both systems run the full backward pass.
 
 TRL is only in the optional requirements-bench.txt, never a runtime dependency of hdpo.py.
@@ -389,9 +396,17 @@ def child_genopts(cfg):
                 model.generate(input_ids=input_ids, attention_mask=mask, generation_config=hf_gen_config(tok, c, cache_implementation=cache))
             timed(f"hf_generate_{cache}", run, cfg["genopts_repeats"])
         try:
+            from transformers import ContinuousBatchingConfig
+            # its paged KV cache is sized from free memory by default (13.9 GB peak RSS measured here): give it the
+            # blocks this work needs (page 256 tokens)
+            cb_cfg = ContinuousBatchingConfig(num_blocks=4 * len(ids))
+        except Exception:  # noqa: BLE001 - older transformers
+            cb_cfg = None
+        try:
             def run_cb(warm):
                 c = dict(cfg, new_tokens=4 if warm else n)
-                model.generate_batch(inputs=ids, generation_config=hf_gen_config(tok, c), progress_bar=False)
+                model.generate_batch(inputs=ids, generation_config=hf_gen_config(tok, c), progress_bar=False,
+                                     continuous_batching_config=cb_cfg)
             timed("hf_generate_batch", run_cb, cfg["genopts_repeats"])
         except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
             res["hf_generate_batch"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
@@ -409,7 +424,8 @@ def child_genopts(cfg):
                                  generation_config=hf_gen_config(tok, dict(cfg, new_tokens=k), greedy=True, cache_implementation=cache))
             greedy[cache] = out[:, uniq_ids.shape[1]:].tolist()
         try:
-            r = model.generate_batch(inputs=ids[::cfg["generations"]], generation_config=hf_gen_config(tok, dict(cfg, new_tokens=k), greedy=True), progress_bar=False)
+            r = model.generate_batch(inputs=ids[::cfg["generations"]], generation_config=hf_gen_config(tok, dict(cfg, new_tokens=k), greedy=True),
+                                     progress_bar=False, continuous_batching_config=cb_cfg)
             greedy["generate_batch"] = [list(v.generated_tokens) for v in r.values()]
         except Exception as e:  # noqa: BLE001
             greedy["generate_batch"] = f"error: {type(e).__name__}"
@@ -424,6 +440,15 @@ def child_genopts(cfg):
                                  generation_config=hf_gen_config(tok, dict(cfg, new_tokens=k), cache_implementation=cache))
             samp[cache] = out[:, input_ids.shape[1]:].tolist()
         res["sampled_same_seed_static_equals_dynamic"] = samp["static"] == samp["dynamic"]
+        if cfg.get("ab"):  # the candidate change's eval.generate, same work, and its greedy exactness
+            try:
+                import runpy
+                runpy.run_path(cfg["ab"], run_name="bench_patch")
+                timed("eval_generate+patch", run_ours, cfg["genopts_repeats"])
+                eo = ev.generate(model, tok, texts, num_samples=1, max_new_tokens=k, greedy=True, batch_size=128)
+                res["greedy_identical_to_dynamic"]["eval_generate+patch"] = [o["completion_ids"] for o in eo] == greedy["dynamic"]
+            except Exception as e:  # noqa: BLE001 - keep the measurements above
+                res["eval_generate+patch"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     return res
 
 
@@ -534,7 +559,9 @@ def report(R, cfg):
     if g and "error" not in g:
         lines.append("")
         lines.append(f"generation options (CPU, 32 x {cfg['new_tokens']} tokens, sampling; GPU not measured):")
-        for k in ["hf_generate_dynamic", "hf_generate_static", "hf_generate_batch", "eval_generate"]:
+        for k in ["hf_generate_dynamic", "hf_generate_static", "hf_generate_batch", "eval_generate", "eval_generate+patch"]:
+            if k not in g:
+                continue
             v = g.get(k, {})
             lines.append(f"  {k:<22} " + (f"wall {v['median_s']:.2f} s, CPU {v['cpu_median_s']:.2f} s" if "median_s" in v else v.get("error", "-")))
         lines.append(f"  greedy outputs identical to the dynamic cache's: {g.get('greedy_identical_to_dynamic')}")
@@ -593,11 +620,13 @@ def main(argv=None):
          "torch_threads": a.threads or torch.get_num_threads(), "config": cfg, "lengths": lengths,
          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     t0 = time.perf_counter()
-    log_path = os.path.splitext(a.output)[0] + ".log"
+    log_path = os.path.join(HERE, "runs", "bench_children.log")  # runs/ is git-ignored
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as log:
         for name in ["hf_generate", "naive", "trl", "hdpo", "hdpo_cliffs", "genopts"]:
             if name in only:
-                R[name] = run_child(name, cfg, trl_python if name == "trl" else sys.executable, 1800, log)
+                c = dict(cfg, ab=os.path.abspath(a.ab)) if name == "genopts" and a.ab else cfg
+                R[name] = run_child(name, c, trl_python if name == "trl" else sys.executable, 1800, log)
         if a.ab:
             for name in ["hdpo", "hdpo_cliffs"]:
                 if name in only:
