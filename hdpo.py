@@ -42,9 +42,8 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+from lm_head import head_gather_lse, head_topk
 from eval import DataError, ModelLoadError, quiet_libraries, chat_prompt, eos_token_ids, evaluate, generate, load_model, load_problems, summarize
 
 LN2 = math.log(2.0)
@@ -92,7 +91,8 @@ def build_parser():
     g.add_argument("--max-grad-norm", type=float, default=1.0)
     g.add_argument("--micro-batch-size", type=int, default=4, help="sequences per forward/backward")
     g.add_argument("--generation-batch-size", type=int, default=128, help="sequences per generate call")
-    g.add_argument("--logit-chunk", type=int, default=1024, help="positions per lm_head chunk")
+    g.add_argument("--logit-chunk", type=int, default=None,
+                   help="positions per lm_head chunk: one [chunk, vocab] fp32 buffer (default 1024 on GPU, 128 on CPU)")
     g.add_argument("--seed", type=int, default=42)
     g = p.add_argument_group("validation")
     g.add_argument("--eval-every", type=int, default=10, help="0 turns validation off")
@@ -123,7 +123,7 @@ def parse_args(argv=None):
               (a.temperature > 0, "--temperature must be > 0"), (a.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
               (a.max_seq_len >= 2, "--max-seq-len must be >= 2"), (a.max_cliffs >= 0, "--max-cliffs must be >= 0"),
               (a.privileged_generations >= 1, "--privileged-generations must be >= 1"),
-              (a.micro_batch_size >= 1 and a.generation_batch_size >= 1 and a.logit_chunk >= 1, "batch sizes must be >= 1"),
+              (a.micro_batch_size >= 1 and a.generation_batch_size >= 1 and (a.logit_chunk or 1) >= 1, "batch sizes must be >= 1"),
               (a.warmup_steps >= 0 and a.eval_every >= 0 and a.save_every >= 0, "step counts must be >= 0"),
               (a.keep_checkpoints >= 1 and a.max_bad_steps >= 1, "--keep-checkpoints/--max-bad-steps must be >= 1"),
               (0 < a.val_fraction < 1, "--val-fraction must be in (0, 1)"), (a.eval_n >= 0, "--eval-n must be >= 0"),
@@ -135,6 +135,8 @@ def parse_args(argv=None):
         if not ok:
             p.error(msg)
     a.output_dir = a.output_dir or ("runs/demo" if a.demo else "runs/hdpo")
+    if a.logit_chunk is None:  # GPU: big chunks keep the kernels busy; CPU: a 128 x 151,936 fp32 buffer (78 MB) is fastest
+        a.logit_chunk = 1024 if torch.cuda.is_available() else 128
     return a
 
 
@@ -196,7 +198,12 @@ def jsd_from_topk(student_logits, teacher_topk_values, teacher_topk_indices):
     Exact for the truncated teacher: outside the top-k, P = 0 and each token adds ½·q·ln 2."""
     student_logits = student_logits.float()
     lse = torch.logsumexp(student_logits, -1, keepdim=True)  # [..., 1]
-    log_q = student_logits.gather(-1, teacher_topk_indices) - lse  # [..., k] student log-probs on the top-k
+    return jsd_from_logq(student_logits.gather(-1, teacher_topk_indices) - lse, teacher_topk_values)
+
+
+def jsd_from_logq(log_q, teacher_topk_values):
+    """jsd_from_topk from the student's log-probabilities on the teacher's top-k tokens, log_q [..., k]:
+    all the student side needs (its mass outside the top-k is 1 - Σ exp(log_q))."""
     log_p = torch.log_softmax(teacher_topk_values.float(), -1)  # [..., k] teacher, renormalised
     log_m = torch.logaddexp(log_p, log_q) - LN2  # [..., k] log of M = (P + Q) / 2
     q = log_q.exp()  # [..., k]
@@ -215,8 +222,9 @@ def jsd_topk(student_logits, teacher_logits, k=64):
 
 # ----------------------------------------------------------------------------------------------
 # Memory-bounded forward: hidden states only at the positions that predict completion tokens,
-# then the lm_head in chunks of positions under activation checkpointing, so a full-vocabulary
-# fp32 tensor exists for one chunk at a time, never for a whole micro-batch.
+# then the lm_head over chunks of positions into ONE reused [chunk, V] fp32 buffer (forward and
+# backward), so a full-vocabulary fp32 tensor exists for one chunk at a time, never for a whole
+# micro-batch, and nothing vocabulary-sized is allocated per chunk.
 
 
 def completion_hidden(model, seqs, device):
@@ -236,32 +244,6 @@ def completion_hidden(model, seqs, device):
     return hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)], torch.tensor(targets, device=device)
 
 
-def _token_logprobs(logits, targets):
-    """[n, V], [n] -> [n] log π(target)."""
-    logits = logits.float()
-    return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, -1)
-
-
-def _teacher_topk(logits, k):
-    values, indices = logits.float().topk(min(k, logits.shape[-1]), -1)  # [n, k]
-    return values, indices
-
-
-def chunked_head(fn, hidden, head, *per_position, chunk=1024, **kw):
-    """fn(lm_head(hidden[s:e]), *[t[s:e] for t in per_position]) over chunks of positions, with the
-    chunk's logits recomputed in backward instead of stored. hidden [N, H] -> cat of fn's outputs."""
-    outs = []
-    for s in range(0, hidden.shape[0], chunk):
-        def piece(h, *ts):
-            return fn(F.linear(h, head.weight, head.bias), *ts, **kw)  # logits [n, V], this chunk only
-        args = [hidden[s:s + chunk]] + [t[s:s + chunk] for t in per_position]
-        grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
-        outs.append(checkpoint(piece, *args, use_reentrant=False) if grad else piece(*args))
-    if isinstance(outs[0], tuple):
-        return tuple(torch.cat(o) for o in zip(*outs))
-    return torch.cat(outs)
-
-
 def grpo_backward(model, seqs, advantages, n_tokens, args, device, amp=contextlib.nullcontext):
     """Accumulate ∇ L_GRPO into .grad. seqs: (prompt_ids, completion_ids); advantages: one float
     per sequence; n_tokens: the step's global completion-token count (token-level loss). Returns
@@ -273,7 +255,8 @@ def grpo_backward(model, seqs, advantages, n_tokens, args, device, amp=contextli
         with amp():
             hidden, targets = completion_hidden(model, [s for s, _ in mb], device)  # [N, H], [N]
             adv = torch.tensor([a for (_, c), a in mb for _ in c], device=device)  # [N] per-token advantage
-            logp = chunked_head(_token_logprobs, hidden, head, targets, chunk=args.logit_chunk)  # [N]
+            target_logit, lse = head_gather_lse(hidden, head, targets[:, None], chunk=args.logit_chunk)  # [N, 1], [N]
+            logp = target_logit[:, 0] - lse  # [N] log π(target)
             loss = grpo_token_loss(logp, logp.detach(), adv, args.clip_eps).sum() / n_tokens
         loss.backward()
         total += loss.item()
@@ -289,11 +272,12 @@ def jsd_backward(model, teacher, pairs, n_tokens, args, device, amp=contextlib.n
         mb = pairs[i:i + args.micro_batch_size]
         with torch.no_grad(), amp():  # the teacher carries no gradient (drifting or frozen)
             t_hidden, _ = completion_hidden(teacher, [(t, y) for _, t, y in mb], device)  # [N, H]
-            values, indices = chunked_head(_teacher_topk, t_hidden, t_head, chunk=args.logit_chunk, k=args.topk)  # [N, k]
+            values, indices = head_topk(t_hidden, t_head, args.topk, chunk=args.logit_chunk)  # [N, k]
             del t_hidden
         with amp():
             hidden, _ = completion_hidden(model, [(s, y) for s, _, y in mb], device)  # [N, H]
-            jsd = chunked_head(jsd_from_topk, hidden, head, values, indices, chunk=args.logit_chunk)  # [N]
+            logits_k, lse = head_gather_lse(hidden, head, indices, chunk=args.logit_chunk)  # [N, k], [N]
+            jsd = jsd_from_logq(logits_k - lse[:, None], values)  # [N]
             loss = jsd.sum() / n_tokens
         (args.distill_weight * loss).backward()
         total += loss.item()

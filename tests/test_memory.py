@@ -90,4 +90,4 @@ def test_peak_does_not_grow_with_length_beyond_the_chunk(peaks):
     short, long = peaks[256], peaks[1024]
     for name in ("grpo", "jsd"):
         grew = long[name] - short[name]
-        assert grew < 0.15 * (long["full_mb"] - short["full_mb"]), (name, short, long)
+        assert grew < 0.25 * (long["full_mb"] - short["full_mb"]), (name, short, long)
