@@ -151,6 +151,11 @@ def test_complex_numbers():
     check([("-5i+6", "6-5i", True), ("6+5i", "6-5i", False), (r"\boxed{1+i}", "i+1", True)])
 
 
+def test_high_degree_polynomials_compare_exactly():
+    check([("x^{100}+1", "x^{100}", False), ("(x+1)^{2}", "x^2+2x+1", True), ("x^{60}", "x^{60}+10^{-9}", False),
+           (r"\frac{x^2-1}{x-1}", "x+1", True)])
+
+
 def test_expressions_equal_after_simplification():
     check([(r"\sec^2(y)", r"\tan^2(y)+1", True), (r"\frac{x}{7}+\frac{2}{7}", r"\frac{x+2}{7}", True),
            ("(x-1)(x^4+x^2+1)", "x^5 - x^4 + x^3 - x^2 + x - 1", True), (r"1-\cos^2 y", r"\sin^2y", True),
@@ -342,6 +347,12 @@ HOSTILE = {
     "quartic abs inequality": r"\boxed{|x^4 - 3| > |x - 1|}",
     "deep fractions": r"\boxed{" + r"\frac{1}{" * 300 + "2" + "}" * 300 + "}",
     "long chain": r"\boxed{" + "<".join(["x"] * 200) + "}",
+    # each of these made sympy itself loop or run for seconds when evaluated eagerly
+    "float times radical": r"\boxed{\sqrt{0.5\sqrt[4]{2}\, x}}",
+    "abs of complex logs": r"\boxed{|\sqrt[3]{\log(17+i-\sqrt[3]{i})}|}",
+    "huge rational in an exponent": r"\boxed{\sqrt[4]{3z}^{\frac{3}{2}+12345678901234567890}}",
+    "binomial of a huge power": r"\boxed{\binom{(x-12345678901234567890)^{10}}{z}}",
+    "power of a log tower": r"\boxed{3-\sqrt{\frac{\pi}{(\log(i)+\sqrt[4]{\log(x)})^{100}+\alpha}}}",
 }
 
 
@@ -399,6 +410,14 @@ def test_thread_pool_gives_the_same_results():
     expected = [verify(r, a) for r, a in pairs]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda p: verify(*p), pairs)) == expected
+
+
+def test_works_in_a_worker_process():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        got = list(pool.map(verify, [r"\boxed{\frac12}", HOSTILE["power tower"]], ["0.5", "1"]))
+    assert got == [True, False]
 
 
 # ----------------------------------------------------------------------------- CLI
