@@ -23,11 +23,12 @@ Standard library + sympy; model output is never eval'ed or sympify'd. Three step
      (exact for rational functions, Python floats otherwise). sympy.simplify is never called.
 
 Time: work is bounded before sympy sees it (answer length, nesting, literal size, exponent,
-factorial, binomial, union and matrix sizes are refused), sympy evaluates only simple powers and
-functions of plain numbers, comparisons build no new sympy expressions, and inequalities are solved
-by our own sign chart. As a backstop, parsing runs in a daemon thread that verify() waits on until
-its deadline (no signals: it works in threads and worker processes); a parse that runs away is
-abandoned, not stopped, so the bounds above are what actually keep the work small.
+factorial, binomial, union and matrix sizes are refused, so no huge integer is ever computed);
+sympy evaluates only simple powers and functions of plain numbers; comparisons use Python floats
+or exact rationals and build no sympy expressions beyond small inequalities, which our own sign
+chart solves. As a backstop, parsing runs in a daemon thread that verify() waits on only until its
+deadline (no signals: it works in threads and worker processes). A parse that runs away is
+abandoned there, not stopped; the bounds above are what actually keep the work small.
 
 Where it departs from Math-Verify (huggingface/Math-Verify, default settings):
   - power towers, 100000! and the like are refused in microseconds instead of hanging;
@@ -616,7 +617,7 @@ def _values(s, plain=False):
     for text in texts:
         try:
             v = _expand_pm(_Parser(text).parse())
-        except (_Fail, TypeError, ValueError, AttributeError, ZeroDivisionError, RecursionError):
+        except Exception:  # _Fail, or sympy refusing (TypeError, ValueError, ...), or RecursionError
             continue
         if not any(x.has(sp.zoo, sp.nan) for x in _leaves(v)):  # 1/0, 12:00
             out += [v, v / 100] if pct and isinstance(v, sp.Expr) else [v]
