@@ -28,34 +28,34 @@ from types import MappingProxyType
 import torch
 
 # Demo settings, applied to flags left at their paper defaults (see demo_args).
-DEMO_TRAINING = (("max_steps", 60), ("prompts_per_step", 16), ("num_generations", 8), ("max_new_tokens", 32),
-                 ("lr", 1e-4), ("warmup_steps", 5), ("distill_weight", 1.0), ("micro_batch_size", 64),
+DEMO_TRAINING = (("max_steps", 80), ("prompts_per_step", 16), ("num_generations", 8), ("max_new_tokens", 32),
+                 ("lr", 2e-4), ("warmup_steps", 5), ("distill_weight", 1.0), ("micro_batch_size", 64),
                  ("generation_batch_size", 256), ("eval_every", 0))
 # Task and warm start (demo only, not flags).
-LEVELS = ("a+b", "a*b", "sum of a and b", "product of a and b", "ab+cd")  # the last three: only with a hint
+LEVELS = ("a+b", "a*b", "a plus b", "a times b")  # the word forms are never shown without a hint
 PLAIN_LEVELS = ("a+b", "a*b")
-N_TRAIN, N_HELDOUT, N_WARM = 120, 80, 2000  # per task, spread evenly over the levels
+N_TRAIN, N_HELDOUT, N_WARM = 96, 64, 2000  # per task, spread evenly over the levels
 MODEL = MappingProxyType(dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
 WARM = MappingProxyType(dict(steps=400, batch=32, lr=2e-3, plain_fraction=0.3))
 HELDOUT_N, HELDOUT_KS = 8, (1, 4, 8)
 CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}Q: {{ m['content'] }}\nA: {% endif %}"
                  "{% endfor %}")
 EOS = "<|endoftext|>"
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 # ---------------------------------------------------------------------------------------- task
 
 def make_row(rng, level):
     """One problem of `level`: {"problem", "answer", "solution", "level"}; the solution ends in \\boxed{answer}.
-    The word forms need the same arithmetic as the symbolic ones, written differently; the warm start
-    shows them only with the answer in the prompt."""
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    if "*" in level or "product" in level:
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
-    if level == "ab+cd":
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-    op, ans = ("*", a * b) if "*" in level or "product" in level else ("+", a + b)
-    text = f"the {level.split()[0]} of {a} and {b}" if " of " in level else f"{a}{op}{b}"
+    The word forms ("six times seven") ask for the same arithmetic as a+b and a*b, with answers >= 10."""
+    lo = 2 if level in ("a*b", "a times b") else 0
+    while True:
+        a, b = rng.randint(lo, 9), rng.randint(lo, 9)
+        op, ans = ("*", a * b) if level in ("a*b", "a times b") else ("+", a + b)
+        if " " not in level or ans >= 10:
+            break
+    text = f"{WORDS[a]} {level.split()[1]} {WORDS[b]}" if " " in level else f"{a}{op}{b}"
     return {"problem": f"What is {text}?", "answer": str(ans), "solution": f"{a}{op}{b}={ans}. \\boxed{{{ans}}}",
             "level": level}
 
@@ -133,16 +133,22 @@ def warm_start(model, tokenizer, rows, seed, steps, batch, lr, plain_fraction):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
     model.train()
     for step in range(steps):
-        pairs = []
+        plain_pairs, priv_pairs = [], []  # forwarded separately: privileged prompts are ~5x longer
         for _ in range(batch):
             if rng.random() < plain_fraction:
                 r = rng.choice(plain)
-                pairs.append((chat_prompt(tokenizer, r["problem"]), r["solution"]))
+                plain_pairs.append((chat_prompt(tokenizer, r["problem"]), r["solution"]))
             else:
                 r = rng.choice(rows)
-                pairs.append((chat_prompt(tokenizer, privileged_prompt(r["problem"], r["answer"])), r["solution"]))
-        ids, mask, labels = sft_batch(tokenizer, pairs)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                priv_pairs.append((chat_prompt(tokenizer, privileged_prompt(r["problem"], r["answer"])), r["solution"]))
+        total, count = 0.0, 0
+        for pairs in (plain_pairs, priv_pairs):
+            if pairs:
+                ids, mask, labels = sft_batch(tokenizer, pairs)
+                n = int((labels[:, 1:] != -100).sum())
+                total = total + model(input_ids=ids, attention_mask=mask, labels=labels).loss * n
+                count += n
+        loss = total / count  # mean over every completion token of the batch
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
@@ -179,13 +185,24 @@ def heldout_metrics(model, tokenizer, rows, max_new_tokens, seed):
 
 # -------------------------------------------------------------------------------------- the demo
 
-def demo_args(args):
-    """A copy of args with DEMO_TRAINING applied to every flag left at its paper default.
-    Returns (args, names of the flags the demo set)."""
+def explicit_flags(argv):
+    """Dest names of the flags given in argv (hdpo's parser with every default suppressed)."""
+    import argparse
+    from hdpo import build_parser
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def demo_args(args, argv=None):
+    """A copy of args with DEMO_TRAINING applied to every flag not given in argv (without argv:
+    every flag left at its paper default). Returns (args, names of the flags the demo set)."""
     from hdpo import build_parser
     parser, a, changed = build_parser(), copy.copy(args), []
+    given = explicit_flags(argv) if argv is not None else None
     for name, value in DEMO_TRAINING:
-        if getattr(a, name) == parser.get_default(name):
+        if (name not in given) if given is not None else (getattr(a, name) == parser.get_default(name)):
             setattr(a, name, value)
             changed.append(name)
     return a, changed
@@ -243,21 +260,21 @@ def run_arm(arm, a, warm_dir, train, start, heldout):
 def print_table(summary):
     """The side-by-side table on the console."""
     arms = list(summary)
-    cell = lambda v: f"{v:>18.3f}" if isinstance(v, float) else f"{v!s:>18}"
-    lines = [("cliff fraction, start", lambda s: s["cliff_fraction_start"]),
-             ("cliff fraction, end", lambda s: s["cliff_fraction_end"])]
-    lines += [(f"held-out {k}", lambda s, k=k: s["heldout"][k]) for k in ("greedy",) + tuple(f"pass@{k}" for k in HELDOUT_KS)]
-    lines += [("train time (s)", lambda s: s["time_s"]), ("steps", lambda s: s["steps"])]
-    print("\n" + " " * 24 + "".join(cell(f"{arm.upper()} (λ={summary[arm]['distill_weight']:g})") for arm in arms))
-    for label, get in lines:
-        print(f"{label:24}" + "".join(cell(get(summary[arm])) for arm in arms))
+    lines = [("cliff fraction, start", "{:.3f}", lambda s: s["cliff_fraction_start"]),
+             ("cliff fraction, end", "{:.3f}", lambda s: s["cliff_fraction_end"])]
+    lines += [(f"held-out {k}", "{:.3f}", lambda s, k=k: s["heldout"][k]) for k in ("greedy",) + tuple(f"pass@{k}" for k in HELDOUT_KS)]
+    lines += [("training time (s)", "{:.1f}", lambda s: s["time_s"]), ("steps", "{}", lambda s: s["steps"])]
+    print("\n" + " " * 24 + "".join(f"{arm.upper() + ' (λ=' + format(summary[arm]['distill_weight'], 'g') + ')':>16}" for arm in arms))
+    for label, fmt, get in lines:
+        print(f"{label:24}" + "".join(f"{fmt.format(get(summary[arm])):>16}" for arm in arms))
     if len(arms) == 2:
         d = summary["grpo"]["cliff_fraction_end"] - summary["hdpo"]["cliff_fraction_end"]
-        print(f"\nHDPO leaves {d:+.3f} of the training prompts fewer as cliffs than GRPO (absolute; the demo's claim: >= 0.10).")
+        print(f"\nHDPO ends with {d:+.3f} fewer of the training prompts as cliffs than GRPO (absolute).")
 
 
-def plot(out_dir, arms):
-    """demo.png: batch cliff fraction and mean reward per step, each arm (needs matplotlib)."""
+def plot(out_dir, summary):
+    """demo.png: cliff fraction and mean reward of each step's batch (thin) with a 5-step running mean
+    (thick), and the measured cliff fraction of all training prompts at the start and end (dots)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -265,14 +282,21 @@ def plot(out_dir, arms):
     except ImportError:
         print("matplotlib not installed: no demo.png")
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for arm in arms:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (arm, s) in enumerate(summary.items()):
         with open(os.path.join(out_dir, arm, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]
+        steps, color = [r["step"] for r in rows], f"C{i}"
         for ax, key in zip(axes, ("cliff_fraction", "reward_mean")):
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=arm.upper())
-    for ax, title in zip(axes, ("cliff fraction of the step's prompts", "mean reward of the step's rollouts")):
-        ax.set_title(title), ax.set_xlabel("step"), ax.legend(), ax.grid(alpha=0.3)
+            ys = [r[key] for r in rows]
+            ax.plot(steps, ys, color=color, alpha=0.3, lw=1)
+            ax.plot(steps, [sum(ys[max(0, j - 4):j + 1]) / len(ys[max(0, j - 4):j + 1]) for j in range(len(ys))],
+                    color=color, lw=2, label=f"{arm.upper()} (λ={s['distill_weight']:g})")
+        axes[0].plot([0, s["steps"]], [s["cliff_fraction_start"], s["cliff_fraction_end"]], "o", color=color, ms=7,
+                     label=f"{arm.upper()}: all training prompts (start, end)")
+    titles = ("cliff fraction (all G rollouts wrong)", "mean reward of the step's rollouts")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title), ax.set_xlabel("step"), ax.legend(fontsize=8), ax.grid(alpha=0.3)
     fig.tight_layout()
     path = os.path.join(out_dir, "demo.png")
     fig.savefig(path, dpi=100)
@@ -280,12 +304,13 @@ def plot(out_dir, arms):
     return path
 
 
-def run_demo(args):
-    """`python hdpo.py --demo`: warm start, then GRPO and/or HDPO, measured the same way; see the module docstring."""
+def run_demo(args, argv=None):
+    """`python hdpo.py --demo`: warm start, then GRPO and/or HDPO, measured the same way (module
+    docstring). argv, the command line, tells which flags the user gave (see demo_args)."""
     from eval import load_model
 
     t0 = time.time()
-    a, changed = demo_args(args)
+    a, changed = demo_args(args, argv)
     arms = ("grpo", "hdpo") if a.arms == "both" else (a.arms,)
     random.seed(a.seed), torch.manual_seed(a.seed)
     train, heldout, warm = make_task(a.seed)
@@ -313,7 +338,7 @@ def run_demo(args):
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)
     print_table(summary)
-    png = plot(a.output_dir, arms)
+    png = plot(a.output_dir, summary)
     print(f"\nwrote {path}" + (f", {png}" if png else "")
           + f" | demo total {time.time() - t0:.0f}s")
     return summary

@@ -38,9 +38,14 @@ def test_tokenizer_round_trips_prompts_and_solutions(tmp_path):
 @pytest.fixture(scope="module")
 def short_demo(tmp_path_factory, request):
     """One shortened demo run, shared by the tests below."""
+    import torch
+
     out = str(tmp_path_factory.mktemp("demo"))
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
+    threads = torch.get_num_threads()  # one thread: tiny matrices, and no oversubscription beside other jobs
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     mp.setattr(demo, "WARM", dict(demo.WARM, steps=6, batch=8))
     make_task = demo.make_task
     mp.setattr(demo, "make_task", lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32))
