@@ -1,22 +1,24 @@
-"""Offline demo: `python hdpo.py --demo` (no hub, no GPU, a few minutes on 2 CPU cores).
+"""Offline demo: `python hdpo.py --demo` (no hub, no GPU, about 3 minutes on 2 CPU cores).
 
 What it shows: GRPO gets no gradient from "cliff" prompts (all G rollouts wrong); HDPO distils
 the same model's answer-hinted (privileged) solutions into it on exactly those prompts.
 
-1. A character-level tokenizer and a synthetic arithmetic task with exact integer answers, four
-   levels of difficulty; worked solutions end in \\boxed{N}, so verify.py is the reward.
-2. A tiny Qwen2 built from a config (no download), warm-started with a few hundred supervised
-   steps: plain prompts only for the easy levels, privileged prompts (hdpo.privileged_prompt)
-   for every level. It can then solve easy prompts some of the time and copy a hinted answer,
-   while the hard levels are cliffs. Saved to <output-dir>/warm_start.
-3. Two arms from that folder, same seed and steps, through hdpo.train (the code that trains
-   the real model): GRPO (λ = 0) and HDPO (λ > 0).
+1. A character-level tokenizer and a synthetic arithmetic task with exact integer answers at four
+   levels: a+b, a*b (digits) and the same sums and products in words ("six times seven", answers
+   >= 10). Worked solutions end in \\boxed{N}, so verify.py is the reward.
+2. A tiny Qwen2 built from a config (no download), warm-started with supervised steps: plain
+   prompts only for a+b and a*b, privileged prompts (hdpo.privileged_prompt) for every level. It
+   then solves most digit prompts, copies a hinted answer, and almost never solves a word prompt
+   without the hint: those are cliffs that a lucky rollout rarely opens for GRPO. Saved to
+   <output-dir>/warm_start.
+3. Two arms from that folder, same seed and steps, through hdpo.train (the code that trains the
+   real model): GRPO (λ = 0) and HDPO (λ > 0).
 4. The same measurements for both arms: cliff fraction of the training prompts (G fresh samples
-   at temperature 1, all wrong) before and after, and held-out greedy / pass@1,4,8.
+   at temperature 1, all wrong) before and after, and held-out greedy / pass@1,4,8 (eval.evaluate).
    Writes <output-dir>/demo_summary.json, <arm>/metrics.jsonl (hdpo.train) and demo.png.
 
-Demo settings replace the paper's defaults only for flags left at those defaults; all are printed.
-Nothing here is part of the algorithm.
+Demo settings (DEMO_TRAINING) replace the paper's defaults for the flags the user did not give;
+all are printed. --model and --dataset do not apply. Nothing here is part of the algorithm.
 """
 import copy
 import json
@@ -27,15 +29,16 @@ from types import MappingProxyType
 
 import torch
 
-# Demo settings, applied to flags left at their paper defaults (see demo_args).
+# Demo settings for the flags the user did not give (see demo_args); sized for 2 CPU cores.
 DEMO_TRAINING = (("max_steps", 80), ("prompts_per_step", 16), ("num_generations", 8), ("max_new_tokens", 32),
                  ("lr", 2e-4), ("warmup_steps", 5), ("distill_weight", 1.0), ("micro_batch_size", 64),
                  ("generation_batch_size", 256), ("eval_every", 0))
 # Task and warm start (demo only, not flags).
-LEVELS = ("a+b", "a*b", "a plus b", "a times b")  # the word forms are never shown without a hint
+LEVELS = ("a+b", "a*b", "a plus b", "a times b")  # the last two in words, never shown without a hint
 PLAIN_LEVELS = ("a+b", "a*b")
-N_TRAIN, N_HELDOUT, N_WARM = 96, 64, 2000  # per task, spread evenly over the levels
-MODEL = MappingProxyType(dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+N_TRAIN, N_HELDOUT, N_WARM = 96, 64, 2000  # training prompts, held-out problems, warm-start pool
+MODEL = MappingProxyType(dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2))
 WARM = MappingProxyType(dict(steps=400, batch=32, lr=2e-3, plain_fraction=0.3))
 HELDOUT_N, HELDOUT_KS = 8, (1, 4, 8)
 CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}Q: {{ m['content'] }}\nA: {% endif %}"
@@ -66,9 +69,12 @@ def make_task(seed, n_train=N_TRAIN, n_heldout=N_HELDOUT, n_warm=N_WARM):
     levels have only 100 and 64 distinct problems, so it repeats those)."""
     rng, seen, train_heldout = random.Random(seed), set(), []
     for i in range(n_train + n_heldout):
-        r = make_row(rng, LEVELS[i % len(LEVELS)])
-        while r["problem"] in seen:
+        for _ in range(10_000):
             r = make_row(rng, LEVELS[i % len(LEVELS)])
+            if r["problem"] not in seen:
+                break
+        else:
+            raise ValueError(f"make_task: level {LEVELS[i % len(LEVELS)]} has too few distinct problems")
         seen.add(r["problem"])
         train_heldout.append(r)
     warm = [make_row(rng, LEVELS[i % len(LEVELS)]) for i in range(n_warm)]
@@ -109,7 +115,7 @@ def build_model(tokenizer, seed):
 # ------------------------------------------------------------------------------------ warm start
 
 def sft_batch(tokenizer, pairs):
-    """(prompt text, completion text) pairs -> right-padded input_ids, attention_mask, labels (completion + EOS only)."""
+    """(prompt, completion) text pairs -> right-padded input_ids, attention_mask, labels (completion + EOS)."""
     ids, labels = [], []
     for prompt, completion in pairs:
         p = tokenizer(prompt, add_special_tokens=False).input_ids
@@ -233,15 +239,18 @@ def run_arm(arm, a, warm_dir, train, start, heldout):
     """hdpo.train from the warm start (λ = 0 for grpo), then the same measurements as at the start."""
     import shutil
     from eval import load_model
-    from hdpo import train as hdpo_train
+    from hdpo import train as hdpo_train, world
 
     arm_args = copy.copy(a)
     arm_args.output_dir, arm_args.model = os.path.join(a.output_dir, arm), warm_dir
     arm_args.distill_weight = 0.0 if arm == "grpo" else a.distill_weight
     if arm_args.resume == "latest" and not os.path.isdir(os.path.join(arm_args.output_dir, "checkpoints")):
         arm_args.resume = None  # nothing to resume for this arm: start it
-    if not arm_args.resume:  # a fresh run (hdpo.train appends to metrics.jsonl)
+    rank, ws = world()
+    if not arm_args.resume and rank == 0:  # a fresh run (hdpo.train appends to metrics.jsonl)
         shutil.rmtree(arm_args.output_dir, ignore_errors=True)
+    if ws > 1:  # torchrun: no rank starts the arm before rank 0 has cleared its folder
+        torch.distributed.barrier()
     print(f"\n=== {arm.upper()} (λ = {arm_args.distill_weight}) ===", flush=True)
     t0 = time.time()
     res = hdpo_train(arm_args, train, heldout)  # validation on held-out only with --eval-every
@@ -262,9 +271,11 @@ def print_table(summary):
     arms = list(summary)
     lines = [("cliff fraction, start", "{:.3f}", lambda s: s["cliff_fraction_start"]),
              ("cliff fraction, end", "{:.3f}", lambda s: s["cliff_fraction_end"])]
-    lines += [(f"held-out {k}", "{:.3f}", lambda s, k=k: s["heldout"][k]) for k in ("greedy",) + tuple(f"pass@{k}" for k in HELDOUT_KS)]
+    lines += [(f"held-out {k}", "{:.3f}", lambda s, k=k: s["heldout"][k])
+              for k in ("greedy",) + tuple(f"pass@{k}" for k in HELDOUT_KS)]
     lines += [("training time (s)", "{:.1f}", lambda s: s["time_s"]), ("steps", "{}", lambda s: s["steps"])]
-    print("\n" + " " * 24 + "".join(f"{arm.upper() + ' (λ=' + format(summary[arm]['distill_weight'], 'g') + ')':>16}" for arm in arms))
+    heads = [f"{arm.upper()} (λ={summary[arm]['distill_weight']:g})" for arm in arms]
+    print("\n" + " " * 24 + "".join(f"{h:>16}" for h in heads))
     for label, fmt, get in lines:
         print(f"{label:24}" + "".join(f"{fmt.format(get(summary[arm])):>16}" for arm in arms))
     if len(arms) == 2:
@@ -308,6 +319,7 @@ def run_demo(args, argv=None):
     """`python hdpo.py --demo`: warm start, then GRPO and/or HDPO, measured the same way (module
     docstring). argv, the command line, tells which flags the user gave (see demo_args)."""
     from eval import load_model
+    from hdpo import world
 
     t0 = time.time()
     a, changed = demo_args(args, argv)
@@ -317,15 +329,19 @@ def run_demo(args, argv=None):
     warm_dir = os.path.join(a.output_dir, "warm_start")
     print(f"HDPO demo | {len(train)} training prompts, {len(heldout)} held-out problems, levels {', '.join(LEVELS)} "
           f"(plain warm start only on {', '.join(PLAIN_LEVELS)}) | arms: {', '.join(arms)}")
-    print("settings: " + ", ".join(f"{k}={getattr(a, k)}{'' if k in changed else ' (yours)'}" for k, _ in DEMO_TRAINING))
+    print("settings: " + ", ".join(f"{k}={getattr(a, k)}{'' if k in changed else ' (yours)'}"
+                                   for k, _ in DEMO_TRAINING))
     print(f"model: {dict(MODEL)}; warm start: {dict(WARM)}")
-    if not (a.resume and os.path.exists(os.path.join(warm_dir, "config.json"))):
-        build_warm_start(warm_dir, train, warm, a.seed)
+    rank, ws = world()
+    if rank == 0 and not (a.resume and os.path.exists(os.path.join(warm_dir, "config.json"))):
+        build_warm_start(warm_dir, train, warm, a.seed)  # torchrun: rank 0 writes, the others wait and load
+    if ws > 1:
+        torch.distributed.barrier()
     model, tokenizer = load_model(warm_dir, device="cpu", dtype=torch.float32)  # as the arms will load it
     start = measure(model, tokenizer, train, heldout, a)
     _, priv = cliff_fraction(model, tokenizer, train, a.num_generations, a.max_new_tokens, a.seed + 3, privileged=True)
-    print(f"warm start: cliff fraction {start['cliff_fraction']:.3f} by level {start['cliff_fraction_by_level']}; "
-          f"with the answer in the prompt: {priv}", flush=True)
+    print(f"warm start: cliff fraction {start['cliff_fraction']:.3f}, by level {start['cliff_fraction_by_level']}; "
+          f"with the answer in the prompt (privileged): {priv}", flush=True)
     path = os.path.join(a.output_dir, "demo_summary.json")
     summary = {}
     if len(arms) == 1 and os.path.exists(path):  # one arm: keep the other arm's last result
@@ -335,10 +351,11 @@ def run_demo(args, argv=None):
         summary[arm] = run_arm(arm, a, warm_dir, train, start, heldout)
         summary[arm]["settings"] = {k: getattr(a, k) for k, _ in DEMO_TRAINING if k != "distill_weight"}
     summary = {arm: summary[arm] for arm in ("grpo", "hdpo") if arm in summary}
+    if rank != 0:  # torchrun: rank 0 writes the summary and the plot
+        return summary
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)
     print_table(summary)
     png = plot(a.output_dir, summary)
-    print(f"\nwrote {path}" + (f", {png}" if png else "")
-          + f" | demo total {time.time() - t0:.0f}s")
+    print(f"\nwrote {path}" + (f", {png}" if png else "") + f" | demo total {time.time() - t0:.0f}s")
     return summary

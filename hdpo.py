@@ -639,7 +639,7 @@ def main(argv=None):
     try:
         if args.demo:
             import demo
-            demo.run_demo(args)
+            demo.run_demo(args, sys.argv[1:] if argv is None else argv)  # the flags the user gave
         elif train(args)["interrupted"]:
             sys.exit(130)  # stopped by Ctrl-C / SIGTERM after saving a checkpoint: not a finished run
     except (DataError, ModelLoadError, TrainingError, FileNotFoundError) as e:
