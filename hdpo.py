@@ -25,6 +25,7 @@ cliffs → privileged rollouts → R = 1 filter → losses → update. Where it 
   their gradient is exactly zero; their tokens still count in the token normaliser.
 - fp32 master weights with bf16 autocast on GPU (the paper says bfloat16, not how).
 - `--max-cliffs` caps cliffs per rank at ceil(max_cliffs / world_size) under torchrun.
+The memory-bounded lm_head (logits for a chunk of positions at a time) is in lm_head.py.
 """
 import argparse
 import contextlib
