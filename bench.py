@@ -203,7 +203,7 @@ def child_naive(cfg):
 
 
 def child_trl(cfg):
-    torch = setup_torch(cfg)
+    setup_torch(cfg)
     import transformers
     import trl
     from datasets import Dataset

@@ -723,7 +723,6 @@ def main(argv=None):
     try:
         problems = load_problems(args.dataset, split=args.split, config=args.config, problem_key=args.problem_key,
                                  answer_key=args.answer_key, limit=args.limit)
-        import torch
         from transformers import set_seed
 
         model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)

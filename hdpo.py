@@ -604,7 +604,8 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
                 for smp in [x for x in samples if x["kind"] == "plain"][:args.samples_per_step] + [x for x in samples if x["kind"] == "privileged"][:args.samples_per_step]:
                     append_jsonl(paths["samples"], smp)
                 ppr = "-" if row["privileged_pass_rate"] is None else f"{row['privileged_pass_rate']:.2f}"
-                val = " | val " + " ".join(f"{k[4:]} {v:.3f}" for k, v in row.items() if k.startswith("val_") and v is not None) if "val_greedy" in row or any(k.startswith("val_pass") for k in row) else ""
+                vals = [f"{k[4:]} {v:.3f}" for k, v in row.items() if k.startswith("val_") and v is not None]
+                val = " | val " + " ".join(vals) if vals else ""
                 print(f"step {step}/{args.max_steps} | reward {row['reward_mean']:.3f} | cliffs {row['num_cliffs']}/{int(s[0])} | "
                       f"priv pass {ppr} | distill {row['distill_sequences']} seq {row['distill_tokens']} tok | "
                       f"L_grpo {loss_grpo:+.4f} L_jsd {loss_jsd:.4f} | gnorm {grad_norm:.3f} | lr {lr:.2e} | "

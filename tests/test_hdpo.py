@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import hdpo
 from conftest import DATA, ROOT
