@@ -1,10 +1,10 @@
 """Benchmark: one HDPO/GRPO step against TRL's GRPOTrainer on the same work, on this machine.
 
-    python bench.py                       # full run (~12-15 min on 2 CPU cores), writes bench_results.json
-    python bench.py --quick               # fewer repeats and steps, lengths 64 and 256 only
-    python bench.py --skip-trl            # without the TRL baseline
-    python bench.py --trl-python /path/to/venv/bin/python   # TRL lives in another environment
-    python bench.py --ab candidate.py     # also run our steps with candidate.py (monkeypatching hdpo/eval) applied
+    python benchmarks/bench_step.py                       # full run (~12-15 min on 2 CPU cores), writes bench_results.json
+    python benchmarks/bench_step.py --quick               # fewer repeats and steps, lengths 64 and 256 only
+    python benchmarks/bench_step.py --skip-trl            # without the TRL baseline
+    python benchmarks/bench_step.py --trl-python /path/to/venv/bin/python   # TRL lives in another environment
+    python benchmarks/bench_step.py --ab candidate.py     # also run our steps with candidate.py (monkeypatching hdpo/eval) applied
 
 The setting (the issue's): a random-weight Qwen2 (hidden 64, 2 layers, tied embeddings) with the real
 Qwen2.5 tokenizer and its 151,936-token vocabulary (offline.py), the first 4 MATH-500 prompts
@@ -38,7 +38,7 @@ have zero advantages and neither system would do backward work. Instead reward =
 completion text: deterministic, independent of the system, about half the rollouts rewarded, so the
 advantages are non-zero and both systems run the full backward pass.
 
-TRL is only in the optional requirements-bench.txt, never a runtime dependency of hdpo.py.
+TRL is only in the optional benchmarks/requirements-bench.txt, never a runtime dependency of hdpo.py.
 """
 import argparse
 import hashlib
@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 DATA = os.path.join(HERE, "tests", "data", "math500.jsonl")
 RESULT_TAG = "BENCH_RESULT "
 
@@ -585,7 +585,7 @@ def main(argv=None):
     p.add_argument("--ab", default=None, metavar="PATCH.py",
                    help="also run our steps and the memory table with this Python file executed first in the child "
                         "(it may monkeypatch hdpo/eval): A/B a candidate change against the same baseline run")
-    p.add_argument("--output", default="bench_results.json")
+    p.add_argument("--output", default=os.path.join(HERE, "benchmarks", "bench_step_results.json"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cfg", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -613,7 +613,7 @@ def main(argv=None):
                 trl_python = cand
                 break
         if trl_python is None:
-            print("TRL is not installed (pip install -r requirements-bench.txt, or --trl-python); skipping it")
+            print("TRL is not installed (pip install -r benchmarks/requirements-bench.txt, or --trl-python); skipping it")
             only.discard("trl")
 
     R = {"torch_version": torch.__version__, "transformers_version": transformers.__version__,

@@ -1,6 +1,6 @@
 """Speed of verify.py against Hugging Face Math-Verify, in the same process, on the same cases.
 
-    python bench_verify.py [--repeat N]
+    python benchmarks/bench_verify.py [--repeat N]
 
 Workloads: the 260 Math-Verify conformance cases (tests/data/math_verify_cases.json, our call
 verify(pred, gold); Math-Verify's call verify(parse("\\boxed{gold}"), parse(pred)), its default
@@ -11,13 +11,15 @@ our caches and sympy's cache are cleared first. Math-Verify is a benchmark-only 
 import argparse
 import json
 import os
+import sys
 import time
 
 import sympy
 
-import verify as ours
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
+sys.path.insert(0, HERE)
+import verify as ours  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "tests", "data")
 
 
