@@ -20,38 +20,73 @@ the same model's answer-hinted (privileged) solutions into it on exactly those p
 Demo settings (DEMO_TRAINING) replace the paper's defaults for the flags the user did not give;
 all are printed. --model and --dataset do not apply. Nothing here is part of the algorithm.
 """
+
+import argparse
 import copy
 import json
 import os
 import random
+import shutil
 import time
 from types import MappingProxyType
 
 import torch
 
+from data import chat_prompt, privileged_prompt
+from engine import generate
+from eval import evaluate
+from plumbing import load_model, world
+from verify import reward
+
 # Demo settings for the flags the user did not give (see demo_args); sized for 2 CPU cores.
-DEMO_TRAINING = (("max_steps", 80), ("prompts_per_step", 16), ("num_generations", 8), ("max_new_tokens", 32),
-                 ("lr", 2e-4), ("warmup_steps", 5), ("distill_weight", 1.0), ("micro_batch_size", 64),
-                 ("generation_batch_size", 256), ("eval_every", 0))
+DEMO_TRAINING = (
+    ("max_steps", 80),
+    ("prompts_per_step", 16),
+    ("num_generations", 8),
+    ("max_new_tokens", 32),
+    ("lr", 2e-4),
+    ("warmup_steps", 5),
+    ("distill_weight", 1.0),
+    ("micro_batch_size", 64),
+    ("generation_batch_size", 256),
+    ("eval_every", 0),
+)
 # Task and warm start (demo only, not flags).
-LEVELS = ("a+b", "a*b", "a plus b", "a times b")  # the last two in words, never shown without a hint
+LEVELS = (
+    "a+b",
+    "a*b",
+    "a plus b",
+    "a times b",
+)  # the last two in words, never shown without a hint
 PLAIN_LEVELS = ("a+b", "a*b")
 N_TRAIN, N_HELDOUT, N_WARM = 96, 64, 2000  # training prompts, held-out problems, warm-start pool
-MODEL = MappingProxyType(dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2))
+MODEL = MappingProxyType(
+    dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+)
 WARM = MappingProxyType(dict(steps=400, batch=32, lr=2e-3, plain_fraction=0.3))
 HELDOUT_N, HELDOUT_KS = 8, (1, 4, 8)
-CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}Q: {{ m['content'] }}\nA: {% endif %}"
-                 "{% endfor %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}Q: {{ m['content'] }}\nA: {% endif %}"
+    "{% endfor %}"
+)
 EOS = "<|endoftext|>"
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 # ---------------------------------------------------------------------------------------- task
 
+
 def make_row(rng, level):
-    """One problem of `level`: {"problem", "answer", "solution", "level"}; the solution ends in \\boxed{answer}.
-    The word forms ("six times seven") ask for the same arithmetic as a+b and a*b, with answers >= 10."""
+    """One problem of `level`: {"problem", "answer", "solution", "level"}; the solution ends in
+    \\boxed{answer}.
+    The word forms ("six times seven") ask for the same arithmetic as a+b and a*b, with answers >=
+    10."""
     lo = 2 if level in ("a*b", "a times b") else 0
     while True:
         a, b = rng.randint(lo, 9), rng.randint(lo, 9)
@@ -59,8 +94,12 @@ def make_row(rng, level):
         if " " not in level or ans >= 10:
             break
     text = f"{WORDS[a]} {level.split()[1]} {WORDS[b]}" if " " in level else f"{a}{op}{b}"
-    return {"problem": f"What is {text}?", "answer": str(ans), "solution": f"{a}{op}{b}={ans}. \\boxed{{{ans}}}",
-            "level": level}
+    return {
+        "problem": f"What is {text}?",
+        "answer": str(ans),
+        "solution": f"{a}{op}{b}={ans}. \\boxed{{{ans}}}",
+        "level": level,
+    }
 
 
 def make_task(seed, n_train=N_TRAIN, n_heldout=N_HELDOUT, n_warm=N_WARM):
@@ -74,7 +113,9 @@ def make_task(seed, n_train=N_TRAIN, n_heldout=N_HELDOUT, n_warm=N_WARM):
             if r["problem"] not in seen:
                 break
         else:
-            raise ValueError(f"make_task: level {LEVELS[i % len(LEVELS)]} has too few distinct problems")
+            raise ValueError(
+                f"make_task: level {LEVELS[i % len(LEVELS)]} has too few distinct problems"
+            )
         seen.add(r["problem"])
         train_heldout.append(r)
     warm = [make_row(rng, LEVELS[i % len(LEVELS)]) for i in range(n_warm)]
@@ -82,6 +123,7 @@ def make_task(seed, n_train=N_TRAIN, n_heldout=N_HELDOUT, n_warm=N_WARM):
 
 
 # ---------------------------------------------------------------------------- tokenizer, model
+
 
 def build_tokenizer(out_dir=None):
     """A character-level tokenizer: Qwen2's byte-level BPE with all 256 byte symbols and no merges,
@@ -94,8 +136,14 @@ def build_tokenizer(out_dir=None):
 
     symbols = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 byte-level symbols
     vocab = {EOS: 0, **{c: i + 1 for i, c in enumerate(symbols)}}
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token=EOS, pad_token=EOS, unk_token=EOS,
-                         clean_up_tokenization_spaces=False)
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        eos_token=EOS,
+        pad_token=EOS,
+        unk_token=EOS,
+        clean_up_tokenization_spaces=False,
+    )
     tok.chat_template = CHAT_TEMPLATE
     if out_dir:
         tok.save_pretrained(out_dir)
@@ -105,17 +153,27 @@ def build_tokenizer(out_dir=None):
 def build_model(tokenizer, seed):
     """A tiny random Qwen2ForCausalLM (MODEL) sized to the tokenizer, built from a config."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=True,
-                      bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                      max_window_layers=MODEL["num_hidden_layers"], **MODEL)
+    cfg = Qwen2Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_window_layers=MODEL["num_hidden_layers"],
+        **MODEL,
+    )
     return Qwen2ForCausalLM(cfg)
 
 
 # ------------------------------------------------------------------------------------ warm start
 
+
 def sft_batch(tokenizer, pairs):
-    """(prompt, completion) text pairs -> right-padded input_ids, attention_mask, labels (completion + EOS)."""
+    """(prompt, completion) text pairs -> right-padded input_ids, attention_mask, labels (completion
+    + EOS)."""
     ids, labels = [], []
     for prompt, completion in pairs:
         p = tokenizer(prompt, add_special_tokens=False).input_ids
@@ -125,20 +183,25 @@ def sft_batch(tokenizer, pairs):
     width = max(map(len, ids))
     pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]
     mask = [[1] * len(x) + [0] * (width - len(x)) for x in ids]
-    return torch.tensor(pad(ids, tokenizer.pad_token_id)), torch.tensor(mask), torch.tensor(pad(labels, -100))
+    return (
+        torch.tensor(pad(ids, tokenizer.pad_token_id)),
+        torch.tensor(mask),
+        torch.tensor(pad(labels, -100)),
+    )
 
 
 def warm_start(model, tokenizer, rows, seed, steps, batch, lr, plain_fraction):
-    """Supervised steps on worked solutions, prompts formatted by eval.chat_prompt as hdpo.train does:
-    plain prompts only for PLAIN_LEVELS, privileged prompts (answer in the prompt) for every level."""
-    from eval import chat_prompt
-    from hdpo import privileged_prompt
-
+    """Supervised steps on worked solutions, prompts formatted by eval.chat_prompt as hdpo.train
+    does:
+    plain prompts only for PLAIN_LEVELS, privileged prompts (answer in the prompt) for every
+    level."""
     rng, plain = random.Random(seed), [r for r in rows if r["level"] in PLAIN_LEVELS]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps)
+    )
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         plain_pairs, priv_pairs = [], []  # forwarded separately: privileged prompts are ~5x longer
         for _ in range(batch):
             if rng.random() < plain_fraction:
@@ -146,7 +209,12 @@ def warm_start(model, tokenizer, rows, seed, steps, batch, lr, plain_fraction):
                 plain_pairs.append((chat_prompt(tokenizer, r["problem"]), r["solution"]))
             else:
                 r = rng.choice(rows)
-                priv_pairs.append((chat_prompt(tokenizer, privileged_prompt(r["problem"], r["answer"])), r["solution"]))
+                priv_pairs.append(
+                    (
+                        chat_prompt(tokenizer, privileged_prompt(r["problem"], r["answer"])),
+                        r["solution"],
+                    )
+                )
         total, count = 0.0, 0
         for pairs in (plain_pairs, priv_pairs):
             if pairs:
@@ -164,58 +232,81 @@ def warm_start(model, tokenizer, rows, seed, steps, batch, lr, plain_fraction):
 
 # ---------------------------------------------------------------------------------- measurements
 
+
 def cliff_fraction(model, tokenizer, rows, G, max_new_tokens, seed, privileged=False):
     """Fraction of `rows` whose G fresh samples (temperature 1.0) are all wrong under verify.reward,
-    overall and per level; with privileged=True the prompts carry the answer (a check of the warm start)."""
-    from eval import chat_prompt, generate
-    from hdpo import privileged_prompt
-    from verify import reward
-
-    texts = [privileged_prompt(r["problem"], r["answer"]) if privileged else r["problem"] for r in rows]
+    overall and per level; with privileged=True the prompts carry the answer (a check of the warm
+    start)."""
+    texts = [
+        privileged_prompt(r["problem"], r["answer"]) if privileged else r["problem"] for r in rows
+    ]
     torch.manual_seed(seed)
-    outs = generate(model, tokenizer, [chat_prompt(tokenizer, t) for t in texts], num_samples=G, temperature=1.0,
-                    max_new_tokens=max_new_tokens, batch_size=256)
-    cliff = [not any(reward(o["text"], r["answer"]) for o in outs[i * G:(i + 1) * G]) for i, r in enumerate(rows)]
+    outs = generate(
+        model,
+        tokenizer,
+        [chat_prompt(tokenizer, t) for t in texts],
+        num_samples=G,
+        temperature=1.0,
+        max_new_tokens=max_new_tokens,
+        batch_size=256,
+    )
+    cliff = [
+        not any(reward(o["text"], r["answer"]) for o in outs[i * G : (i + 1) * G])
+        for i, r in enumerate(rows)
+    ]
     by_level = {lv: [c for c, r in zip(cliff, rows) if r["level"] == lv] for lv in LEVELS}
-    return sum(cliff) / len(cliff), {lv: round(sum(c) / len(c), 3) for lv, c in by_level.items() if c}
+    return sum(cliff) / len(cliff), {
+        lv: round(sum(c) / len(c), 3) for lv, c in by_level.items() if c
+    }
 
 
 def heldout_metrics(model, tokenizer, rows, max_new_tokens, seed):
     """eval.evaluate on the held-out problems: greedy and pass@1,4,8 from HELDOUT_N samples."""
-    from eval import evaluate
     torch.manual_seed(seed)
-    res = evaluate(model, tokenizer, [r["problem"] for r in rows], [r["answer"] for r in rows], n=HELDOUT_N,
-                   ks=HELDOUT_KS, max_new_tokens=max_new_tokens, batch_size=256, progress=False)
+    res = evaluate(
+        model,
+        tokenizer,
+        [r["problem"] for r in rows],
+        [r["answer"] for r in rows],
+        n=HELDOUT_N,
+        ks=HELDOUT_KS,
+        max_new_tokens=max_new_tokens,
+        batch_size=256,
+        progress=False,
+    )
     return {k: res[k] for k in ("greedy",) + tuple(f"pass@{k}" for k in HELDOUT_KS)}
 
 
 # -------------------------------------------------------------------------------------- the demo
 
-def explicit_flags(argv):
+
+def explicit_flags(parser, argv):
     """Dest names of the flags given in argv (hdpo's parser with every default suppressed)."""
-    import argparse
-    from hdpo import build_parser
-    parser = build_parser()
+    parser = copy.deepcopy(parser)
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_known_args(argv)[0]))
 
 
-def demo_args(args, argv=None):
+def demo_args(args, parser, argv=None):
     """A copy of args with DEMO_TRAINING applied to every flag not given in argv (without argv:
     every flag left at its paper default). Returns (args, names of the flags the demo set)."""
-    from hdpo import build_parser
-    parser, a, changed = build_parser(), copy.copy(args), []
-    given = explicit_flags(argv) if argv is not None else None
+    a, changed = copy.copy(args), []
+    given = explicit_flags(parser, argv) if argv is not None else None
     for name, value in DEMO_TRAINING:
-        if (name not in given) if given is not None else (getattr(a, name) == parser.get_default(name)):
+        if (
+            (name not in given)
+            if given is not None
+            else (getattr(a, name) == parser.get_default(name))
+        ):
             setattr(a, name, value)
             changed.append(name)
     return a, changed
 
 
 def build_warm_start(out_dir, train, warm, seed):
-    """Tokenizer + tiny Qwen2 + supervised warm start, saved to out_dir; returns (model, tokenizer)."""
+    """Tokenizer + tiny Qwen2 + supervised warm start, saved to out_dir; returns (model,
+    tokenizer)."""
     t0 = time.time()
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed)
@@ -223,28 +314,36 @@ def build_warm_start(out_dir, train, warm, seed):
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     n = sum(p.numel() for p in model.parameters())
-    print(f"warm start: {n / 1e3:.0f}k-parameter Qwen2, {WARM['steps']} supervised steps, final loss {loss:.3f}, "
-          f"{time.time() - t0:.0f}s -> {out_dir}", flush=True)
+    print(
+        f"warm start: {n / 1e3:.0f}k-parameter Qwen2, {WARM['steps']} supervised steps, final "
+        f"loss {loss:.3f}, "
+        f"{time.time() - t0:.0f}s -> {out_dir}",
+        flush=True,
+    )
     return model, tokenizer
 
 
 def measure(model, tokenizer, train, heldout, a):
     """The measurements shared by both arms: training-prompt cliff fraction and held-out metrics."""
-    cf, by_level = cliff_fraction(model, tokenizer, train, a.num_generations, a.max_new_tokens, a.seed + 1)
-    return {"cliff_fraction": cf, "cliff_fraction_by_level": by_level,
-            "heldout": heldout_metrics(model, tokenizer, heldout, a.max_new_tokens, a.seed + 2)}
+    cf, by_level = cliff_fraction(
+        model, tokenizer, train, a.num_generations, a.max_new_tokens, a.seed + 1
+    )
+    return {
+        "cliff_fraction": cf,
+        "cliff_fraction_by_level": by_level,
+        "heldout": heldout_metrics(model, tokenizer, heldout, a.max_new_tokens, a.seed + 2),
+    }
 
 
-def run_arm(arm, a, warm_dir, train, start, heldout):
-    """hdpo.train from the warm start (λ = 0 for grpo), then the same measurements as at the start."""
-    import shutil
-    from eval import load_model
-    from hdpo import train as hdpo_train, world
-
+def run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train):
+    """hdpo.train from the warm start (λ = 0 for grpo), then the same measurements as at the
+    start."""
     arm_args = copy.copy(a)
     arm_args.output_dir, arm_args.model = os.path.join(a.output_dir, arm), warm_dir
     arm_args.distill_weight = 0.0 if arm == "grpo" else a.distill_weight
-    if arm_args.resume == "latest" and not os.path.isdir(os.path.join(arm_args.output_dir, "checkpoints")):
+    if arm_args.resume == "latest" and not os.path.isdir(
+        os.path.join(arm_args.output_dir, "checkpoints")
+    ):
         arm_args.resume = None  # nothing to resume for this arm: start it
     rank, ws = world()
     if not arm_args.resume and rank == 0:  # a fresh run (hdpo.train appends to metrics.jsonl)
@@ -257,37 +356,57 @@ def run_arm(arm, a, warm_dir, train, start, heldout):
     time_s = time.time() - t0
     if res.get("interrupted"):
         raise KeyboardInterrupt
-    model, tokenizer = load_model(os.path.join(arm_args.output_dir, "final"), device="cpu", dtype=torch.float32)
+    model, tokenizer = load_model(
+        os.path.join(arm_args.output_dir, "final"), device="cpu", dtype=torch.float32
+    )
     end = measure(model, tokenizer, train, heldout, a)
-    return {"distill_weight": arm_args.distill_weight, "steps": res["steps"], "time_s": round(time_s, 1),
-            "cliff_fraction_start": start["cliff_fraction"], "cliff_fraction_end": end["cliff_fraction"],
-            "cliff_fraction_by_level_start": start["cliff_fraction_by_level"],
-            "cliff_fraction_by_level_end": end["cliff_fraction_by_level"],
-            "heldout": end["heldout"], "heldout_start": start["heldout"]}
+    return {
+        "distill_weight": arm_args.distill_weight,
+        "steps": res["steps"],
+        "time_s": round(time_s, 1),
+        "cliff_fraction_start": start["cliff_fraction"],
+        "cliff_fraction_end": end["cliff_fraction"],
+        "cliff_fraction_by_level_start": start["cliff_fraction_by_level"],
+        "cliff_fraction_by_level_end": end["cliff_fraction_by_level"],
+        "heldout": end["heldout"],
+        "heldout_start": start["heldout"],
+    }
 
 
 def print_table(summary):
     """The side-by-side table on the console."""
     arms = list(summary)
-    lines = [("cliff fraction, start", "{:.3f}", lambda s: s["cliff_fraction_start"]),
-             ("cliff fraction, end", "{:.3f}", lambda s: s["cliff_fraction_end"])]
-    lines += [(f"held-out {k}", "{:.3f}", lambda s, k=k: s["heldout"][k])
-              for k in ("greedy",) + tuple(f"pass@{k}" for k in HELDOUT_KS)]
-    lines += [("training time (s)", "{:.1f}", lambda s: s["time_s"]), ("steps", "{}", lambda s: s["steps"])]
+    lines = [
+        ("cliff fraction, start", "{:.3f}", lambda s: s["cliff_fraction_start"]),
+        ("cliff fraction, end", "{:.3f}", lambda s: s["cliff_fraction_end"]),
+    ]
+    lines += [
+        (f"held-out {k}", "{:.3f}", lambda s, k=k: s["heldout"][k])
+        for k in ("greedy",) + tuple(f"pass@{k}" for k in HELDOUT_KS)
+    ]
+    lines += [
+        ("training time (s)", "{:.1f}", lambda s: s["time_s"]),
+        ("steps", "{}", lambda s: s["steps"]),
+    ]
     heads = [f"{arm.upper()} (λ={summary[arm]['distill_weight']:g})" for arm in arms]
     print("\n" + " " * 24 + "".join(f"{h:>16}" for h in heads))
     for label, fmt, get in lines:
         print(f"{label:24}" + "".join(f"{fmt.format(get(summary[arm])):>16}" for arm in arms))
     if len(arms) == 2:
         d = summary["grpo"]["cliff_fraction_end"] - summary["hdpo"]["cliff_fraction_end"]
-        print(f"\nHDPO ends with {d:+.3f} fewer of the training prompts as cliffs than GRPO (absolute).")
+        print(
+            f"\nHDPO ends with {d:+.3f} fewer of the training prompts as cliffs than GRPO "
+            "(absolute)."
+        )
 
 
 def plot(out_dir, summary):
-    """demo.png: cliff fraction and mean reward of each step's batch (thin) with a 5-step running mean
+    """demo.png: cliff fraction and mean reward of each step's batch (thin) with a 5-step running
+    mean
     (thick), and the measured cliff fraction of all training prompts at the start and end (dots)."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -301,10 +420,24 @@ def plot(out_dir, summary):
         for ax, key in zip(axes, ("cliff_fraction", "reward_mean")):
             ys = [r[key] for r in rows]
             ax.plot(steps, ys, color=color, alpha=0.3, lw=1)
-            ax.plot(steps, [sum(ys[max(0, j - 4):j + 1]) / len(ys[max(0, j - 4):j + 1]) for j in range(len(ys))],
-                    color=color, lw=2, label=f"{arm.upper()} (λ={s['distill_weight']:g})")
-        axes[0].plot([0, s["steps"]], [s["cliff_fraction_start"], s["cliff_fraction_end"]], "o", color=color, ms=7,
-                     label=f"{arm.upper()}: all training prompts (start, end)")
+            ax.plot(
+                steps,
+                [
+                    sum(ys[max(0, j - 4) : j + 1]) / len(ys[max(0, j - 4) : j + 1])
+                    for j in range(len(ys))
+                ],
+                color=color,
+                lw=2,
+                label=f"{arm.upper()} (λ={s['distill_weight']:g})",
+            )
+        axes[0].plot(
+            [0, s["steps"]],
+            [s["cliff_fraction_start"], s["cliff_fraction_end"]],
+            "o",
+            color=color,
+            ms=7,
+            label=f"{arm.upper()}: all training prompts (start, end)",
+        )
     titles = ("cliff fraction (all G rollouts wrong)", "mean reward of the step's rollouts")
     for ax, title in zip(axes, titles):
         ax.set_title(title), ax.set_xlabel("step"), ax.legend(fontsize=8), ax.grid(alpha=0.3)
@@ -315,41 +448,59 @@ def plot(out_dir, summary):
     return path
 
 
-def run_demo(args, argv=None):
+def run_demo(args, argv, hdpo_train, parser):
     """`python hdpo.py --demo`: warm start, then GRPO and/or HDPO, measured the same way (module
-    docstring). argv, the command line, tells which flags the user gave (see demo_args)."""
-    from eval import load_model
-    from hdpo import world
-
+    docstring). argv, the command line, tells which flags the user gave (see demo_args);
+    hdpo_train and parser are hdpo.train and hdpo.build_parser() (passed in, so that this file
+    does not import hdpo.py, which imports it for --demo)."""
     t0 = time.time()
-    a, changed = demo_args(args, argv)
+    a, changed = demo_args(args, parser, argv)
     arms = ("grpo", "hdpo") if a.arms == "both" else (a.arms,)
     random.seed(a.seed), torch.manual_seed(a.seed)
     train, heldout, warm = make_task(a.seed)
     warm_dir = os.path.join(a.output_dir, "warm_start")
-    print(f"HDPO demo | {len(train)} training prompts, {len(heldout)} held-out problems, levels {', '.join(LEVELS)} "
-          f"(plain warm start only on {', '.join(PLAIN_LEVELS)}) | arms: {', '.join(arms)}")
-    print("settings: " + ", ".join(f"{k}={getattr(a, k)}{'' if k in changed else ' (yours)'}"
-                                   for k, _ in DEMO_TRAINING))
+    print(
+        f"HDPO demo | {len(train)} training prompts, {len(heldout)} held-out problems, levels "
+        f"{', '.join(LEVELS)} "
+        f"(plain warm start only on {', '.join(PLAIN_LEVELS)}) | arms: {', '.join(arms)}"
+    )
+    print(
+        "settings: "
+        + ", ".join(
+            f"{k}={getattr(a, k)}{'' if k in changed else ' (yours)'}" for k, _ in DEMO_TRAINING
+        )
+    )
     print(f"model: {dict(MODEL)}; warm start: {dict(WARM)}")
     rank, ws = world()
     if rank == 0 and not (a.resume and os.path.exists(os.path.join(warm_dir, "config.json"))):
-        build_warm_start(warm_dir, train, warm, a.seed)  # torchrun: rank 0 writes, the others wait and load
+        build_warm_start(
+            warm_dir, train, warm, a.seed
+        )  # torchrun: rank 0 writes, the others wait and load
     if ws > 1:
         torch.distributed.barrier()
-    model, tokenizer = load_model(warm_dir, device="cpu", dtype=torch.float32)  # as the arms will load it
+    model, tokenizer = load_model(
+        warm_dir, device="cpu", dtype=torch.float32
+    )  # as the arms will load it
     start = measure(model, tokenizer, train, heldout, a)
-    _, priv = cliff_fraction(model, tokenizer, train, a.num_generations, a.max_new_tokens, a.seed + 3, privileged=True)
-    print(f"warm start: cliff fraction {start['cliff_fraction']:.3f}, by level {start['cliff_fraction_by_level']}; "
-          f"with the answer in the prompt (privileged): {priv}", flush=True)
+    _, priv = cliff_fraction(
+        model, tokenizer, train, a.num_generations, a.max_new_tokens, a.seed + 3, privileged=True
+    )
+    print(
+        f"warm start: cliff fraction {start['cliff_fraction']:.3f}, by level "
+        f"{start['cliff_fraction_by_level']}; "
+        f"with the answer in the prompt (privileged): {priv}",
+        flush=True,
+    )
     path = os.path.join(a.output_dir, "demo_summary.json")
     summary = {}
     if len(arms) == 1 and os.path.exists(path):  # one arm: keep the other arm's last result
         with open(path) as f:
             summary = {k: v for k, v in json.load(f).items() if k in ("grpo", "hdpo")}
     for arm in arms:
-        summary[arm] = run_arm(arm, a, warm_dir, train, start, heldout)
-        summary[arm]["settings"] = {k: getattr(a, k) for k, _ in DEMO_TRAINING if k != "distill_weight"}
+        summary[arm] = run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train)
+        summary[arm]["settings"] = {
+            k: getattr(a, k) for k, _ in DEMO_TRAINING if k != "distill_weight"
+        }
     summary = {arm: summary[arm] for arm in ("grpo", "hdpo") if arm in summary}
     if rank != 0:  # torchrun: rank 0 writes the summary and the plot
         return summary
@@ -357,5 +508,7 @@ def run_demo(args, argv=None):
         json.dump(summary, f, indent=2)
     print_table(summary)
     png = plot(a.output_dir, summary)
-    print(f"\nwrote {path}" + (f", {png}" if png else "") + f" | demo total {time.time() - t0:.0f}s")
+    print(
+        f"\nwrote {path}" + (f", {png}" if png else "") + f" | demo total {time.time() - t0:.0f}s"
+    )
     return summary

@@ -7,6 +7,7 @@ loads without the Hugging Face hub:
     python offline.py OUT_DIR                      # tiny: hidden 64, 2 layers
     python offline.py OUT_DIR --full-size          # Qwen2.5-Math-1.5B's shape, random weights
 """
+
 import argparse
 import json
 import os
@@ -17,9 +18,18 @@ TOKENIZER_DIR = os.path.join(HERE, "tests", "data", "qwen2.5-math-1.5b")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 
 
-def build_random_qwen(out_dir, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                      intermediate_size=128, full_size=False, seed=0, dtype="float32",
-                      tokenizer_dir=TOKENIZER_DIR):
+def build_random_qwen(
+    out_dir,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=128,
+    full_size=False,
+    seed=0,
+    dtype="float32",
+    tokenizer_dir=TOKENIZER_DIR,
+):
     """Write a random-weight Qwen2ForCausalLM plus the real Qwen2.5 tokenizer into out_dir.
 
     The vocabulary is Qwen's 151,936 tokens, the chat template is Qwen2.5-Math's, and
@@ -31,8 +41,14 @@ def build_random_qwen(out_dir, hidden_size=64, num_layers=2, num_heads=4, num_kv
     with open(os.path.join(tokenizer_dir, "config.json")) as f:
         cfg = json.load(f)
     if not full_size:
-        cfg.update(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                   num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size, max_window_layers=num_layers)
+        cfg.update(
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            intermediate_size=intermediate_size,
+            max_window_layers=num_layers,
+        )
     for key in ("architectures", "transformers_version", "torch_dtype"):
         cfg.pop(key, None)
     torch.manual_seed(seed)
@@ -46,11 +62,23 @@ def build_random_qwen(out_dir, hidden_size=64, num_layers=2, num_heads=4, num_kv
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("out_dir")
-    p.add_argument("--full-size", action="store_true", help="Qwen2.5-Math-1.5B's shape (1.5B parameters)")
+    p.add_argument(
+        "--full-size", action="store_true", help="Qwen2.5-Math-1.5B's shape (1.5B parameters)"
+    )
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     a = p.parse_args()
-    print(build_random_qwen(a.out_dir, hidden_size=a.hidden_size, num_layers=a.layers, full_size=a.full_size, dtype=a.dtype))
+    print(
+        build_random_qwen(
+            a.out_dir,
+            hidden_size=a.hidden_size,
+            num_layers=a.layers,
+            full_size=a.full_size,
+            dtype=a.dtype,
+        )
+    )

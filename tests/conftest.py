@@ -15,4 +15,5 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_qwen_dir(tmp_path_factory):
     """A random-weight Qwen2 (hidden 64, 2 layers) with the real Qwen2.5 tokenizer, on disk."""
     from offline import build_random_qwen
+
     return build_random_qwen(str(tmp_path_factory.mktemp("tiny_qwen")))

@@ -1,11 +1,14 @@
 """Issue 7: torchrun / multi-process training, on CPU with gloo (`pytest -k ddp`).
 
 The tests start `python -m torch.distributed.run --standalone --nproc_per_node 2` on this very file;
-run as a script it is the worker (see `worker_*` below): `grad` calls hdpo.step_gradients, the function
+run as a script it is the worker (see `worker_*` below): `grad` calls hdpo.step_gradients, the
+function
 train() calls, on each rank's shard of a fixed batch; `train` and `demo` go through hdpo.main, which
-notices torchrun's RANK/WORLD_SIZE and starts gloo. The unshortened demo under torchrun takes minutes:
+notices torchrun's RANK/WORLD_SIZE and starts gloo. The unshortened demo under torchrun takes
+minutes:
 HDPO_DEMO_TESTS=1 runs it.
 """
+
 import glob
 import hashlib
 import json
@@ -16,9 +19,9 @@ import time
 
 import pytest
 import torch
+from conftest import DATA, ROOT
 
 import hdpo
-from conftest import DATA, ROOT
 
 HERE = os.path.abspath(__file__)
 CASES = ("even", "uneven", "idle")  # how the fixed batch is split over the 2 ranks
@@ -27,17 +30,31 @@ TEACHERS = ("frozen", "drifting")
 
 def torchrun(*args, nproc=2, timeout=400, script=HERE):
     """`torchrun --standalone --nproc_per_node nproc script args` as a subprocess."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))  # the worker imports hdpo
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           script, *map(str, args)]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+    )  # the worker imports hdpo
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        script,
+        *map(str, args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def read_jsonl(path):
     with open(path) as f:
-        return [json.loads(l) for l in f if l.strip()]
+        return [json.loads(ln) for ln in f if ln.strip()]
 
 
 def weights_hash(model):
@@ -50,22 +67,35 @@ def weights_hash(model):
 
 # ---------------------------------------------------------------- a fixed batch, split three ways
 
+
 def fixed_batch():
     """The batch of test_hdpo (4 rollouts, 3 distillation pairs) plus one zero-advantage rollout (a
     solved or cliff group: its tokens count in N_GRPO, it has no gradient)."""
     from test_hdpo import ADV, PAIRS, SEQS
+
     seqs = SEQS + [([50, 51], [52, 53, 54])]
     adv = ADV + [0.0]
     return seqs, adv, PAIRS
 
 
 def shards(case, rank):
-    """(seqs, advantages, pairs) of `rank` in a 2-rank split; the union over ranks is fixed_batch()."""
+    """(seqs, advantages, pairs) of `rank` in a 2-rank split; the union over ranks is
+    fixed_batch()."""
     seqs, adv, pairs = fixed_batch()
     split = {
         "even": ([0, 1, 4], [2, 3], [0, 1], [2]),  # both ranks have rollouts and distillation pairs
-        "uneven": ([0, 1, 2], [3, 4], [0, 1, 2], []),  # rank 1: no cliff prompts, no distillation tokens
-        "idle": ([0, 1, 2, 3], [4], [0, 1, 2], []),  # rank 1: only a zero-advantage rollout, so no .grad at all
+        "uneven": (
+            [0, 1, 2],
+            [3, 4],
+            [0, 1, 2],
+            [],
+        ),  # rank 1: no cliff prompts, no distillation tokens
+        "idle": (
+            [0, 1, 2, 3],
+            [4],
+            [0, 1, 2],
+            [],
+        ),  # rank 1: only a zero-advantage rollout, so no .grad at all
     }[case]
     s, p = split[rank], split[2 + rank]
     return [seqs[i] for i in s], [adv[i] for i in s], [pairs[i] for i in p]
@@ -73,6 +103,7 @@ def shards(case, rank):
 
 def models(teacher_kind):
     from test_hdpo import small_model
+
     model = small_model(0)
     if teacher_kind == "drifting":
         return model, model
@@ -84,6 +115,7 @@ def case_gradients(case, teacher_kind, rank=None):
     """Run hdpo.step_gradients on rank's shard (rank None: the whole batch on one process).
     -> (grads by parameter name, (L_GRPO, L_JSD, N_GRPO, N_JSD))."""
     from test_hdpo import grads, loss_args
+
     model, teacher = models(teacher_kind)
     if rank is None:
         seqs, adv, pairs = fixed_batch()
@@ -96,8 +128,10 @@ def case_gradients(case, teacher_kind, rank=None):
 
 # ---------------------------------------------------------------- workers (run under torchrun)
 
+
 def init_gloo():
     import torch.distributed as dist
+
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size()
@@ -111,10 +145,13 @@ def worker_grad(out_dir):
 
 
 def worker_train(model_dir, out_dir):
-    """`hdpo.py` under torchrun, through hdpo.main (which notices RANK/WORLD_SIZE and starts gloo), scored
+    """`hdpo.py` under torchrun, through hdpo.main (which notices RANK/WORLD_SIZE and starts gloo),
+    scored
     with the hash reward; each rank writes the hash of its final weights."""
     import types
+
     from test_hdpo import hash_reward
+
     fake = types.ModuleType("verify")  # a random model never earns a real reward
     fake.reward = hash_reward
     sys.modules["verify"] = fake
@@ -134,32 +171,86 @@ def worker_train(model_dir, out_dir):
         seen["world"] = list(hdpo.world())
         out = train(args, *a, **kw)
         seen["steps"] = out["steps"]
-        seen["final_on_return"] = all(os.path.isfile(os.path.join(args.output_dir, "final", f))
-                                      for f in ("model.safetensors", "tokenizer_config.json"))
+        seen["final_on_return"] = all(
+            os.path.isfile(os.path.join(args.output_dir, "final", f))
+            for f in ("model.safetensors", "tokenizer_config.json")
+        )
         return out
 
     hdpo.load_model, hdpo.train = capture, train_and_record
-    hdpo.main(["--model", model_dir, "--dataset", os.path.join(DATA, "openmathinstruct2_sample.jsonl"),
-               "--output-dir", out_dir, "--max-steps", "2", "--prompts-per-step", "4", "--num-generations", "2",
-               "--max-new-tokens", "8", "--lr", "1e-3", "--warmup-steps", "0", "--distill-weight", "1.0",
-               "--teacher", "frozen", "--privileged-generations", "2", "--eval-every", "2", "--eval-problems", "3",
-               "--eval-n", "2", "--eval-k", "1", "2"])
+    hdpo.main(
+        [
+            "--model",
+            model_dir,
+            "--dataset",
+            os.path.join(DATA, "openmathinstruct2_sample.jsonl"),
+            "--output-dir",
+            out_dir,
+            "--max-steps",
+            "2",
+            "--prompts-per-step",
+            "4",
+            "--num-generations",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "0",
+            "--distill-weight",
+            "1.0",
+            "--teacher",
+            "frozen",
+            "--privileged-generations",
+            "2",
+            "--eval-every",
+            "2",
+            "--eval-problems",
+            "3",
+            "--eval-n",
+            "2",
+            "--eval-k",
+            "1",
+            "2",
+        ]
+    )
     rank = int(os.environ["RANK"])
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as f:
         json.dump({"weights": weights_hash(policy["model"]), **seen}, f)
 
 
 def worker_demo(out_dir):
-    """`hdpo.py --demo --arms hdpo --max-steps 2` under torchrun, the demo shortened as tests/test_demo.py does."""
+    """`hdpo.py --demo --arms hdpo --max-steps 2` under torchrun, the demo shortened as
+    tests/test_demo.py does."""
     import demo
+
     demo.WARM = dict(demo.WARM, steps=6, batch=8)
     make_task = demo.make_task
     demo.make_task = lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32)
-    hdpo.main(["--demo", "--arms", "hdpo", "--max-steps", "2", "--output-dir", out_dir, "--prompts-per-step", "4",
-               "--num-generations", "4", "--privileged-generations", "2", "--max-new-tokens", "12"])
+    hdpo.main(
+        [
+            "--demo",
+            "--arms",
+            "hdpo",
+            "--max-steps",
+            "2",
+            "--output-dir",
+            out_dir,
+            "--prompts-per-step",
+            "4",
+            "--num-generations",
+            "4",
+            "--privileged-generations",
+            "2",
+            "--max-new-tokens",
+            "12",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- the tests
+
 
 @pytest.fixture(scope="module")
 def ddp_grads(tmp_path_factory):
@@ -184,13 +275,18 @@ def test_ddp_gradient_equals_single_process(ddp_grads, case, teacher):
         assert rg == pytest.approx(lg, abs=1e-6) and rj == pytest.approx(lj, abs=1e-6), rank
         assert got.keys() == want.keys()
         for k in want:
-            assert torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-7), (rank, k, (got[k] - want[k]).abs().max())
+            assert torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-7), (
+                rank,
+                k,
+                (got[k] - want[k]).abs().max(),
+            )
 
 
 def test_ddp_split_really_differs_per_rank():
     """Sanity for the test above: each rank's local gradient (no all-reduce) differs from the total,
     so the equality is the all-reduce's doing, not an artefact of identical shards."""
     from test_hdpo import grads, loss_args
+
     seqs, adv, pairs = shards("uneven", 0)
     model, teacher = models("frozen")
     n = sum(len(c) for _, c in fixed_batch()[0])
@@ -201,8 +297,10 @@ def test_ddp_split_really_differs_per_rank():
 
 
 def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen_dir, tmp_path):
-    """`torchrun --nproc_per_node 2 hdpo.py ...` on gloo: one metrics row per step with world_size 2 and
-    global counts, validation gathered from both ranks, a checkpoint with each rank's RNG state, and both
+    """`torchrun --nproc_per_node 2 hdpo.py ...` on gloo: one metrics row per step with world_size 2
+    and
+    global counts, validation gathered from both ranks, a checkpoint with each rank's RNG state, and
+    both
     ranks end with the same weights (which moved from the initial ones)."""
     out = tmp_path / "run"
     proc = torchrun("train", tiny_qwen_dir, out)
@@ -214,21 +312,32 @@ def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen
     for m in metrics:
         assert m["world_size"] == 2
         assert m["privileged_rollouts"] == 2 * m["num_cliffs"] <= 2 * 4
-        assert m["cliff_fraction"] == pytest.approx(m["num_cliffs"] / 4)  # 4 prompts over both ranks
-        # N_GRPO is global: 4 prompts x 2 rollouts, both ranks' tokens (each rank alone has <= 4 x 8)
+        assert m["cliff_fraction"] == pytest.approx(
+            m["num_cliffs"] / 4
+        )  # 4 prompts over both ranks
+        # N_GRPO is global: 4 prompts x 2 rollouts, both ranks' tokens (each rank alone has <= 4 x
+        # 8)
         assert m["grpo_tokens"] == pytest.approx(m["completion_len_mean"] * 8)
         assert m["grpo_tokens"] > 4 * 8 or m["truncated_fraction"] < 1
     assert metrics[1]["val_greedy"] is not None
     evals = read_jsonl(out / "eval.jsonl")
-    assert len(evals) == 1 and evals[0]["step"] == 2 and evals[0]["n_problems"] == 3  # gathered: 2 + 1
+    assert (
+        len(evals) == 1 and evals[0]["step"] == 2 and evals[0]["n_problems"] == 3
+    )  # gathered: 2 + 1
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [[0, 2], [1, 2]] and all(r["steps"] == 2 for r in ranks)
-    # train() returns on every rank only once rank 0 has written final/ (demo.py loads it on each rank)
+    # train() returns on every rank only once rank 0 has written final/ (demo.py loads it on each
+    # rank)
     assert [r["final_on_return"] for r in ranks] == [True, True]
-    assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients all-reduced, same update everywhere
-    from eval import load_model
+    assert (
+        ranks[0]["weights"] == ranks[1]["weights"]
+    )  # gradients all-reduced, same update everywhere
+    from plumbing import load_model
+
     ckpt = hdpo.find_checkpoint("latest", str(out))
-    assert os.path.exists(os.path.join(ckpt, "rng-0.pt")) and os.path.exists(os.path.join(ckpt, "rng-1.pt"))
+    assert os.path.exists(os.path.join(ckpt, "rng-0.pt")) and os.path.exists(
+        os.path.join(ckpt, "rng-1.pt")
+    )
     saved = load_model(os.path.join(ckpt, "model"), device="cpu", dtype=torch.float32)[0]
     assert weights_hash(saved) == ranks[0]["weights"]  # rank 0 saved the weights every rank has
     init = load_model(tiny_qwen_dir, device="cpu", dtype=torch.float32)[0]
@@ -244,27 +353,43 @@ def check_demo_metrics(out):
 
 
 def test_ddp_short_demo_runs_under_torchrun(tmp_path):
-    """`torchrun --standalone --nproc_per_node 2 hdpo.py --demo --arms hdpo --max-steps 2`, the demo shortened."""
+    """`torchrun --standalone --nproc_per_node 2 hdpo.py --demo --arms hdpo --max-steps 2`, the demo
+    shortened."""
     out = tmp_path / "demo"
     proc = torchrun("demo", out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     check_demo_metrics(out)
 
 
-@pytest.mark.skipif(not os.environ.get("HDPO_DEMO_TESTS"), reason="the full demo takes minutes (its warm start): "
-                    "HDPO_DEMO_TESTS=1 runs it")
+@pytest.mark.skipif(
+    not os.environ.get("HDPO_DEMO_TESTS"),
+    reason="the full demo takes minutes (its warm start): HDPO_DEMO_TESTS=1 runs it",
+)
 def test_ddp_demo_command_runs_under_torchrun(tmp_path):
-    """The issue's command, unshortened: torchrun --standalone --nproc_per_node 2 hdpo.py --demo --arms hdpo --max-steps 2."""
+    """The issue's command, unshortened: torchrun --standalone --nproc_per_node 2 hdpo.py --demo
+    --arms hdpo --max-steps 2."""
     out = tmp_path / "demo"
-    proc = torchrun("--demo", "--arms", "hdpo", "--max-steps", "2", "--output-dir", out, timeout=1800,
-                    script=os.path.join(ROOT, "hdpo.py"))
+    proc = torchrun(
+        "--demo",
+        "--arms",
+        "hdpo",
+        "--max-steps",
+        "2",
+        "--output-dir",
+        out,
+        timeout=1800,
+        script=os.path.join(ROOT, "hdpo.py"),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     check_demo_metrics(out)
 
 
-if __name__ == "__main__":  # a torchrun worker: test_ddp.py grad OUT | train MODEL_DIR OUT | demo OUT
+if (
+    __name__ == "__main__"
+):  # a torchrun worker: test_ddp.py grad OUT | train MODEL_DIR OUT | demo OUT
     mode, *rest = sys.argv[1:]
     {"grad": worker_grad, "train": worker_train, "demo": worker_demo}[mode](*rest)
     import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()

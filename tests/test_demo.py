@@ -1,4 +1,5 @@
 """The offline demo (`python hdpo.py --demo`), shortened: a few warm-start and training steps."""
+
 import json
 import os
 
@@ -13,16 +14,20 @@ ARMS = ("grpo", "hdpo")
 def test_tokenizer_round_trips_prompts_and_solutions(tmp_path):
     from transformers import AutoTokenizer
 
-    from eval import chat_prompt
+    from data import chat_prompt
 
     train, heldout, warm = demo.make_task(0, n_train=8, n_heldout=4, n_warm=8)
     rows = train + heldout + warm
     demo.build_tokenizer(str(tmp_path))
-    # AutoTokenizer rebuilds a Qwen2 pipeline when config.json says qwen2: load it as hdpo.train does.
+    # AutoTokenizer rebuilds a Qwen2 pipeline when config.json says qwen2: load it as hdpo.train
+    # does.
     demo.build_model(demo.build_tokenizer(), 0).config.save_pretrained(str(tmp_path))
     tok = AutoTokenizer.from_pretrained(str(tmp_path))
     assert tok.eos_token_id is not None and tok.pad_token_id is not None
-    texts = [chat_prompt(tok, hdpo.privileged_prompt(r["problem"], r["answer"])) + r["solution"] for r in rows]
+    texts = [
+        chat_prompt(tok, hdpo.privileged_prompt(r["problem"], r["answer"])) + r["solution"]
+        for r in rows
+    ]
     texts += [chat_prompt(tok, r["problem"]) for r in rows]
     for text in texts:
         ids = tok(text, add_special_tokens=False).input_ids
@@ -30,8 +35,13 @@ def test_tokenizer_round_trips_prompts_and_solutions(tmp_path):
         assert tok.decode(ids, skip_special_tokens=True) == text
     for r in rows:  # exact answers: the worked solution's left-hand side evaluates to the answer
         lhs = r["solution"].split("=")[0]
-        assert r["solution"].endswith("\\boxed{" + r["answer"] + "}") and int(r["answer"]) == eval(lhs)
-        assert all(n in r["problem"] or demo.WORDS[int(n)] in r["problem"] for n in lhs.replace("*", "+").split("+"))
+        assert r["solution"].endswith("\\boxed{" + r["answer"] + "}") and int(r["answer"]) == eval(
+            lhs
+        )
+        assert all(
+            n in r["problem"] or demo.WORDS[int(n)] in r["problem"]
+            for n in lhs.replace("*", "+").split("+")
+        )
     assert not {r["problem"] for r in train} & {r["problem"] for r in heldout}
 
 
@@ -43,14 +53,27 @@ def short_demo(tmp_path_factory, request):
     out = str(tmp_path_factory.mktemp("demo"))
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
-    threads = torch.get_num_threads()  # one thread: tiny matrices, and no oversubscription beside other jobs
+    threads = (
+        torch.get_num_threads()
+    )  # one thread: tiny matrices, and no oversubscription beside other jobs
     torch.set_num_threads(1)
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     mp.setattr(demo, "WARM", dict(demo.WARM, steps=6, batch=8))
     make_task = demo.make_task
     mp.setattr(demo, "make_task", lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32))
-    argv = ["--demo", "--output-dir", out, "--prompts-per-step", "4", "--num-generations", "4",
-            "--privileged-generations", "2", "--max-new-tokens", "12"]
+    argv = [
+        "--demo",
+        "--output-dir",
+        out,
+        "--prompts-per-step",
+        "4",
+        "--num-generations",
+        "4",
+        "--privileged-generations",
+        "2",
+        "--max-new-tokens",
+        "12",
+    ]
     hdpo.main(argv + ["--max-steps", "2"])
     return out, argv
 
@@ -80,7 +103,9 @@ def test_demo_writes_metrics_per_step(short_demo):
         with open(os.path.join(out, arm, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         assert [r["step"] for r in rows] == [1, 2]
-        assert all(0.0 <= r["cliff_fraction"] <= 1.0 and 0.0 <= r["reward_mean"] <= 1.0 for r in rows)
+        assert all(
+            0.0 <= r["cliff_fraction"] <= 1.0 and 0.0 <= r["reward_mean"] <= 1.0 for r in rows
+        )
         assert all(r["distill_tokens"] == 0 for r in rows) if arm == "grpo" else True
         assert os.path.isdir(os.path.join(out, arm, "final"))
 
@@ -113,6 +138,8 @@ def test_demo_resume_and_one_arm(short_demo):
     hdpo.main(argv + ["--resume", "--arms", "hdpo", "--max-steps", "3"])
     with open(os.path.join(out, "demo_summary.json")) as f:
         summary = json.load(f)
-    assert summary["hdpo"]["steps"] == 3 and summary["grpo"] == before["grpo"]  # the other arm's result is kept
+    assert (
+        summary["hdpo"]["steps"] == 3 and summary["grpo"] == before["grpo"]
+    )  # the other arm's result is kept
     with open(os.path.join(out, "hdpo", "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f if line.strip()] == [1, 2, 3]

@@ -1,4 +1,5 @@
 """The paper's claims about the algorithm, tested directly (hdpo.py)."""
+
 import hashlib
 import json
 import math
@@ -8,19 +9,22 @@ import sys
 
 import pytest
 import torch
+from conftest import DATA, ROOT
 
 import hdpo
-from conftest import DATA, ROOT
 
 LN2 = math.log(2.0)
 
 
 # ---------------------------------------------------------------- advantages and cliffs
 
+
 def test_leave_one_out_advantages_by_hand():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     # A_i = r_i - mean of the other three rewards
-    want = torch.tensor([[1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3], [1 - 0, 0 - 1 / 3, 0 - 1 / 3, 0 - 1 / 3]])
+    want = torch.tensor(
+        [[1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3], [1 - 0, 0 - 1 / 3, 0 - 1 / 3, 0 - 1 / 3]]
+    )
     assert torch.allclose(hdpo.group_advantages(r, "loo"), want)
 
 
@@ -45,15 +49,24 @@ def test_find_cliffs_marks_exactly_the_all_fail_prompts():
 
 def test_r1_filter_keeps_exactly_the_correct_privileged_rollouts():
     from verify import reward
-    texts = ["so \\boxed{5}", "hence \\boxed{6}", "the answer is \\boxed{\\frac{10}{2}}", "no answer"]
+
+    texts = [
+        "so \\boxed{5}",
+        "hence \\boxed{6}",
+        "the answer is \\boxed{\\frac{10}{2}}",
+        "no answer",
+    ]
     assert hdpo.r1_filter(texts, ["5"] * 4, reward) == [True, False, True, False]
 
 
 # ---------------------------------------------------------------- prompts
 
+
 def test_privileged_prompt_holds_the_answer_and_the_plain_prompt_does_not(tiny_qwen_dir):
     from transformers import AutoTokenizer
-    from eval import chat_prompt
+
+    from data import chat_prompt
+
     tok = AutoTokenizer.from_pretrained(tiny_qwen_dir)
     problem, answer = "Compute $1/2 + 1/3$.", "\\frac{5}{6}"
     plain = chat_prompt(tok, problem)
@@ -66,6 +79,7 @@ def test_privileged_prompt_holds_the_answer_and_the_plain_prompt_does_not(tiny_q
 
 
 # ---------------------------------------------------------------- JSD_k
+
 
 def full_jsd_float64(student_logits, teacher_logits, k):
     """Reference: the truncated teacher as a full-vocabulary distribution, float64, 0·log 0 = 0."""
@@ -117,35 +131,58 @@ def test_jsd_teacher_gets_no_gradient():
 
 # ---------------------------------------------------------------- losses on a real (tiny) model
 
+
 def small_model(seed=0, vocab=300):
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    cfg = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     return Qwen2ForCausalLM(cfg).float()
 
 
 def loss_args(**kw):
-    a = hdpo.parse_args(["--micro-batch-size", "2", "--logit-chunk", "5", "--topk", "16", "--distill-weight", "0.3"])
+    a = hdpo.parse_args(
+        ["--micro-batch-size", "2", "--logit-chunk", "5", "--topk", "16", "--distill-weight", "0.3"]
+    )
     for k, v in kw.items():
         setattr(a, k, v)
     return a
 
 
-SEQS = [([5, 6, 7], [8, 9, 10, 11]), ([5, 6], [12, 13]), ([20, 21, 22, 23], [24, 25, 26]), ([30], [31, 32, 33, 34, 35])]
+SEQS = [
+    ([5, 6, 7], [8, 9, 10, 11]),
+    ([5, 6], [12, 13]),
+    ([20, 21, 22, 23], [24, 25, 26]),
+    ([30], [31, 32, 33, 34, 35]),
+]
 ADV = [0.5, -1.0, 0.0, 2.0]
-PAIRS = [([5, 6], [40, 41, 5, 6], [8, 9, 10]), ([7], [42, 7], [11, 12, 13, 14]), ([9, 9], [43, 9, 9], [15])]
+PAIRS = [
+    ([5, 6], [40, 41, 5, 6], [8, 9, 10]),
+    ([7], [42, 7], [11, 12, 13, 14]),
+    ([9, 9], [43, 9, 9], [15]),
+]
 
 
 def grads(model):
-    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+    return {
+        n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+    }
 
 
 def naive_logits(model, prompt, completion):
     """Full-vocabulary logits at the positions predicting each completion token."""
     ids = torch.tensor([list(prompt) + list(completion)])
     logits = model(input_ids=ids).logits[0]  # [L, V]
-    return logits[len(prompt) - 1:len(prompt) + len(completion) - 1]  # [|c|, V]
+    return logits[len(prompt) - 1 : len(prompt) + len(completion) - 1]  # [|c|, V]
 
 
 def test_chunked_grpo_loss_and_gradient_equal_full_vocabulary_computation():
@@ -190,6 +227,7 @@ def test_step_gradient_does_not_depend_on_micro_batch_size(micro_batch_size):
         hdpo.grpo_backward(model, SEQS, ADV, 14, args, torch.device("cpu"))
         hdpo.jsd_backward(model, model, PAIRS, 8, args, torch.device("cpu"))
         return grads(model)
+
     a, b = run(len(SEQS)), run(micro_batch_size)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-7), k
@@ -201,7 +239,9 @@ def test_cliff_prompt_gets_no_grpo_gradient_and_a_nonzero_hdpo_gradient():
     adv = hdpo.group_advantages(torch.zeros(1, 2)).flatten().tolist()
     hdpo.grpo_backward(model, cliff, adv, 6, args, torch.device("cpu"))
     assert all(g.abs().sum() == 0 for g in grads(model).values())
-    hdpo.jsd_backward(model, model, PAIRS[:1], 3, args, torch.device("cpu"))  # its correct privileged rollout
+    hdpo.jsd_backward(
+        model, model, PAIRS[:1], 3, args, torch.device("cpu")
+    )  # its correct privileged rollout
     assert sum(g.abs().sum() for g in grads(model).values()) > 0
 
 
@@ -215,34 +255,75 @@ def test_frozen_teacher_gets_no_gradient_in_jsd_backward():
 
 # ---------------------------------------------------------------- the training loop
 
+
 def hash_reward(text, answer):
     """Deterministic pseudo-random 0/1 reward: a random model never earns a real one."""
     return float(hashlib.sha256(text.encode()).digest()[0] % 3 == 0)
 
 
 def train_args(model_dir, out, *extra):
-    return hdpo.parse_args(["--model", model_dir, "--dataset", os.path.join(DATA, "openmathinstruct2_sample.jsonl"),
-                            "--prompts-per-step", "3", "--num-generations", "2", "--max-new-tokens", "8",
-                            "--eval-every", "0", "--output-dir", str(out), "--lr", "1e-3", "--warmup-steps", "0",
-                            "--samples-per-step", "1000", *extra])
+    return hdpo.parse_args(
+        [
+            "--model",
+            model_dir,
+            "--dataset",
+            os.path.join(DATA, "openmathinstruct2_sample.jsonl"),
+            "--prompts-per-step",
+            "3",
+            "--num-generations",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--eval-every",
+            "0",
+            "--output-dir",
+            str(out),
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "0",
+            "--samples-per-step",
+            "1000",
+            *extra,
+        ]
+    )
 
 
 def rows(n=12):
     with open(os.path.join(DATA, "openmathinstruct2_sample.jsonl")) as f:
-        data = [json.loads(l) for l in f][:n]
-    return [{"problem": r["problem"], "answer": r["expected_answer"], "solution": r["generated_solution"]} for r in data]
+        data = [json.loads(ln) for ln in f][:n]
+    return [
+        {
+            "problem": r["problem"],
+            "answer": r["expected_answer"],
+            "solution": r["generated_solution"],
+        }
+        for r in data
+    ]
 
 
 def read_jsonl(path):
     with open(path) as f:
-        return [json.loads(l) for l in f]
+        return [json.loads(ln) for ln in f]
 
 
 def test_lambda_zero_is_exactly_grpo(tiny_qwen_dir, tmp_path):
     """One λ = 0 step of train() equals a hand-written GRPO step: same rollouts, full-vocabulary
     log-softmax loss, clip, AdamW at 0.1 x lr (the first warm-up step)."""
-    from eval import chat_prompt, eos_token_ids, generate, load_model
-    args = train_args(tiny_qwen_dir, tmp_path / "run", "--distill-weight", "0", "--max-steps", "1", "--warmup-steps", "10")
+    from data import chat_prompt
+    from engine import eos_token_ids, generate
+    from plumbing import load_model
+
+    args = train_args(
+        tiny_qwen_dir,
+        tmp_path / "run",
+        "--distill-weight",
+        "0",
+        "--max-steps",
+        "1",
+        "--warmup-steps",
+        "10",
+    )
     data = rows()
     hdpo.train(args, train_rows=data, val_rows=[], reward_fn=hash_reward)
     trained, _ = load_model(str(tmp_path / "run" / "final"), device="cpu", dtype=torch.float32)
@@ -250,14 +331,34 @@ def test_lambda_zero_is_exactly_grpo(tiny_qwen_dir, tmp_path):
     model, tok = load_model(tiny_qwen_dir, device="cpu", dtype=torch.float32)
     batch = [data[i] for i in hdpo.prompt_stream(len(data), 0, 3, args.seed)]
     torch.manual_seed(args.seed)
-    outs = generate(model, tok, [chat_prompt(tok, r["problem"]) for r in batch], num_samples=2, temperature=1.0,
-                    max_new_tokens=8, batch_size=args.generation_batch_size, max_seq_len=4096, eos_ids=eos_token_ids(tok, model))
-    r = torch.tensor([hash_reward(o["text"], batch[i // 2]["answer"]) for i, o in enumerate(outs)]).view(3, 2)
+    outs = generate(
+        model,
+        tok,
+        [chat_prompt(tok, r["problem"]) for r in batch],
+        num_samples=2,
+        temperature=1.0,
+        max_new_tokens=8,
+        batch_size=args.generation_batch_size,
+        max_seq_len=4096,
+        eos_ids=eos_token_ids(tok, model),
+    )
+    r = torch.tensor(
+        [hash_reward(o["text"], batch[i // 2]["answer"]) for i, o in enumerate(outs)]
+    ).view(3, 2)
     assert 0 < r.sum() < 6, "the test needs some non-zero advantages"
     adv = hdpo.group_advantages(r).flatten()
     n = sum(len(o["completion_ids"]) for o in outs)
-    loss = sum(-adv[i] * naive_logits(model, o["prompt_ids"], o["completion_ids"]).log_softmax(-1)
-               .gather(-1, torch.tensor(o["completion_ids"])[:, None]).sum() for i, o in enumerate(outs)) / n
+    loss = (
+        sum(
+            -adv[i]
+            * naive_logits(model, o["prompt_ids"], o["completion_ids"])
+            .log_softmax(-1)
+            .gather(-1, torch.tensor(o["completion_ids"])[:, None])
+            .sum()
+            for i, o in enumerate(outs)
+        )
+        / n
+    )
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01).step()
@@ -270,9 +371,21 @@ def test_lambda_zero_is_exactly_grpo(tiny_qwen_dir, tmp_path):
     assert m["privileged_rollouts"] == 0 and m["loss_jsd"] == 0.0
 
 
-def test_training_loop_distils_exactly_the_r1_privileged_rollouts_and_frozen_teacher_stays(tiny_qwen_dir, tmp_path):
-    args = train_args(tiny_qwen_dir, tmp_path / "run", "--distill-weight", "1.0", "--teacher", "frozen",
-                      "--max-steps", "3", "--privileged-generations", "3")
+def test_training_loop_distils_exactly_the_r1_privileged_rollouts_and_frozen_teacher_stays(
+    tiny_qwen_dir, tmp_path
+):
+    args = train_args(
+        tiny_qwen_dir,
+        tmp_path / "run",
+        "--distill-weight",
+        "1.0",
+        "--teacher",
+        "frozen",
+        "--max-steps",
+        "3",
+        "--privileged-generations",
+        "3",
+    )
     out = hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
     assert out["steps"] == 3
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
@@ -285,7 +398,8 @@ def test_training_loop_distils_exactly_the_r1_privileged_rollouts_and_frozen_tea
         assert (m["distill_tokens"] > 0) == (m["distill_sequences"] > 0)
         assert (m["loss_jsd"] > 0) == (m["distill_sequences"] > 0)
     assert sum(m["distill_sequences"] for m in metrics) > 0, "the test needs some distillation"
-    from eval import load_model
+    from plumbing import load_model
+
     ckpt = hdpo.find_checkpoint("latest", str(tmp_path / "run"))
     init = load_model(tiny_qwen_dir, device="cpu")[0].state_dict()
     teacher = load_model(os.path.join(ckpt, "teacher"), device="cpu")[0].state_dict()
@@ -295,21 +409,48 @@ def test_training_loop_distils_exactly_the_r1_privileged_rollouts_and_frozen_tea
 
 
 def test_drifting_teacher_is_the_current_policy(tiny_qwen_dir, tmp_path):
-    args = train_args(tiny_qwen_dir, tmp_path / "run", "--distill-weight", "1.0", "--teacher", "drifting", "--max-steps", "1")
+    args = train_args(
+        tiny_qwen_dir,
+        tmp_path / "run",
+        "--distill-weight",
+        "1.0",
+        "--teacher",
+        "drifting",
+        "--max-steps",
+        "1",
+    )
     hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
     ckpt = hdpo.find_checkpoint("latest", str(tmp_path / "run"))
     assert not os.path.exists(os.path.join(ckpt, "teacher"))  # no copy: the teacher is π_θ itself
 
 
 def test_warmup_goes_linearly_from_a_tenth_to_full_lr(tiny_qwen_dir, tmp_path):
-    args = train_args(tiny_qwen_dir, tmp_path / "run", "--distill-weight", "0", "--max-steps", "3", "--warmup-steps", "2")
+    args = train_args(
+        tiny_qwen_dir,
+        tmp_path / "run",
+        "--distill-weight",
+        "0",
+        "--max-steps",
+        "3",
+        "--warmup-steps",
+        "2",
+    )
     hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
     lrs = [m["lr"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
     assert lrs == pytest.approx([1e-4, 5.5e-4, 1e-3])
 
 
-@pytest.mark.parametrize("flag,value", [("--num-generations", "1"), ("--topk", "0"), ("--distill-weight", "-0.1"),
-                                        ("--lr", "0"), ("--eval-k", "16"), ("--teacher", "other")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--num-generations", "1"),
+        ("--topk", "0"),
+        ("--distill-weight", "-0.1"),
+        ("--lr", "0"),
+        ("--eval-k", "16"),
+        ("--teacher", "other"),
+    ],
+)
 def test_invalid_flag_values_are_argparse_errors(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         hdpo.parse_args([flag, value])
@@ -318,21 +459,54 @@ def test_invalid_flag_values_are_argparse_errors(flag, value, capsys):
 
 
 def test_offline_end_to_end_run_on_random_qwen(tiny_qwen_dir, tmp_path):
-    """The issue's command: every prompt is a cliff, no privileged rollout succeeds, losses are 0."""
+    """The issue's command: every prompt is a cliff, no privileged rollout succeeds, losses are
+    0."""
     out = tmp_path / "out"
-    cmd = [sys.executable, os.path.join(ROOT, "hdpo.py"), "--model", tiny_qwen_dir, "--dataset",
-           os.path.join(DATA, "openmathinstruct2_sample.jsonl"), "--max-steps", "2", "--prompts-per-step", "2",
-           "--num-generations", "4", "--max-new-tokens", "16", "--eval-every", "0", "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "hdpo.py"),
+        "--model",
+        tiny_qwen_dir,
+        "--dataset",
+        os.path.join(DATA, "openmathinstruct2_sample.jsonl"),
+        "--max-steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--num-generations",
+        "4",
+        "--max-new-tokens",
+        "16",
+        "--eval-every",
+        "0",
+        "--output-dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = read_jsonl(out / "metrics.jsonl")
     assert len(metrics) == 2
-    fields = ["step", "step_time_s", "reward_mean", "cliff_fraction", "num_cliffs", "privileged_pass_rate",
-              "distill_sequences", "distill_tokens", "loss_grpo", "loss_jsd", "grad_norm", "lr"]
+    fields = [
+        "step",
+        "step_time_s",
+        "reward_mean",
+        "cliff_fraction",
+        "num_cliffs",
+        "privileged_pass_rate",
+        "distill_sequences",
+        "distill_tokens",
+        "loss_grpo",
+        "loss_jsd",
+        "grad_norm",
+        "lr",
+    ]
     for m in metrics:
         assert all(f in m for f in fields)
-        assert m["cliff_fraction"] == 1.0 and m["num_cliffs"] == 2 and m["privileged_pass_rate"] == 0.0
+        assert (
+            m["cliff_fraction"] == 1.0 and m["num_cliffs"] == 2 and m["privileged_pass_rate"] == 0.0
+        )
         assert m["distill_sequences"] == 0 and m["loss_grpo"] == 0.0 and m["loss_jsd"] == 0.0
     from transformers import AutoModelForCausalLM
+
     assert AutoModelForCausalLM.from_pretrained(str(out / "final")) is not None
     assert "step 2/2" in proc.stdout

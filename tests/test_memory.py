@@ -1,11 +1,16 @@
-"""Memory of the loss passes: the log-prob (GRPO) and JSD_k passes never hold full-vocabulary fp32 logits for
-every position of a micro-batch, so their peak stays far below an [N, V] fp32 tensor and does not grow with the
+"""Memory of the loss passes: the log-prob (GRPO) and JSD_k passes never hold full-vocabulary fp32
+logits for
+every position of a micro-batch, so their peak stays far below an [N, V] fp32 tensor and does not
+grow with the
 completion length beyond the chunk.
 
-Torch's CPU allocations are invisible to tracemalloc, so each measurement runs in a fresh subprocess that reads
-its own resident set from /proc/self/status: VmRSS before the call, VmHWM (peak) after it, with the peak reset
+Torch's CPU allocations are invisible to tracemalloc, so each measurement runs in a fresh subprocess
+that reads
+its own resident set from /proc/self/status: VmRSS before the call, VmHWM (peak) after it, with the
+peak reset
 just before the call (`echo 5 > /proc/self/clear_refs`, Linux >= 4.0).
 """
+
 import json
 import os
 import subprocess
@@ -15,10 +20,13 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.skipif(not (sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")),
-                                reason="needs Linux /proc/self/status and clear_refs")
+pytestmark = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")),
+    reason="needs Linux /proc/self/status and clear_refs",
+)
 
-VOCAB = 32768  # a smaller vocabulary than Qwen's keeps this fast; the claim is about shapes, not the number
+# a smaller vocabulary than Qwen's keeps this fast; the claim is about shapes, not the number
+VOCAB = 32768
 CHUNK = 128  # --logit-chunk: positions per lm_head chunk
 SEQS = 2  # sequences in the micro-batch (--micro-batch-size)
 
@@ -42,10 +50,12 @@ def peak_mb(fn):
 torch.manual_seed(0)
 torch.set_num_threads(1)
 V, L, B = {vocab}, {length}, {seqs}
-cfg = Qwen2Config(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+cfg = Qwen2Config(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+num_attention_heads=4,
                   num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=4096)
 model = Qwen2ForCausalLM(cfg).train()
-args = hdpo.parse_args(["--micro-batch-size", str(B), "--logit-chunk", "{chunk}", "--distill-weight", "1"])
+args = hdpo.parse_args(["--micro-batch-size", str(B), "--logit-chunk", "{chunk}",
+"--distill-weight", "1"])
 g = torch.Generator().manual_seed(1)
 rand = lambda n: torch.randint(0, V, (n,), generator=g).tolist()
 plain, priv = [rand(40) for _ in range(B)], [rand(60) for _ in range(B)]
@@ -53,7 +63,8 @@ comps = [rand(L) for _ in range(B)]
 seqs, pairs = list(zip(plain, comps)), list(zip(plain, priv, comps))
 adv = [1.0 if i % 2 else -1.0 for i in range(B)]
 n = B * L
-# warm-up on short completions: thread pools, autograd state and the .grad buffers exist before measuring
+# warm-up on short completions: thread pools, autograd state and the .grad buffers exist before
+measuring
 hdpo.grpo_backward(model, [(p, c[:8]) for p, c in seqs], adv, 8 * B, args, "cpu")
 hdpo.jsd_backward(model, model, [(p, t, c[:8]) for p, t, c in pairs], 8 * B, args, "cpu")
 out = {{"grpo": peak_mb(lambda: hdpo.grpo_backward(model, seqs, adv, n, args, "cpu")),
@@ -66,10 +77,12 @@ print("RESULT " + json.dumps(out))
 def measure(length):
     code = CHILD.format(root=ROOT, vocab=VOCAB, length=length, seqs=SEQS, chunk=CHUNK)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env
+    )
     assert p.returncode == 0, p.stderr[-3000:]
-    line = next(l for l in p.stdout.splitlines() if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +91,18 @@ def peaks():
 
 
 def test_peak_far_below_full_vocab_tensor(peaks):
-    """At 1,024 completion tokens, each loss pass peaks far below one [N, V] fp32 tensor (N = all positions
-    of the micro-batch), which the straightforward computation needs several of (logits, log-softmax, grads)."""
+    """At 1,024 completion tokens, each loss pass peaks far below one [N, V] fp32 tensor (N = all
+    positions
+    of the micro-batch), which the straightforward computation needs several of (logits,
+    log-softmax, grads)."""
     m = peaks[1024]
     for name in ("grpo", "jsd"):
         assert m[name] < 0.3 * m["full_mb"], (name, m)
 
 
 def test_peak_does_not_grow_with_length_beyond_the_chunk(peaks):
-    """4x the completion length (both well past the chunk): the peak grows by far less than the [N, V] tensor does."""
+    """4x the completion length (both well past the chunk): the peak grows by far less than the [N,
+    V] tensor does."""
     short, long = peaks[256], peaks[1024]
     for name in ("grpo", "jsd"):
         grew = long[name] - short[name]

@@ -1,0 +1,400 @@
+"""Plumbing behind hdpo.py and eval.py, kept out of the algorithm's way: loading a model with
+clear errors, torch.distributed helpers, checkpoints and exact resume, JSONL logs, and stopping
+cleanly on Ctrl-C / SIGTERM.
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+# ----------------------------------------------------------------------------------------------
+# Errors and model loading.
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer that cannot be loaded: the message says why and what to do."""
+
+
+def hub_offline():
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def one_line(e):
+    text = " ".join(str(e).split())
+    return (text[:300] + "...") if len(text) > 300 else (text or type(e).__name__)
+
+
+def quiet_libraries():
+    """No library progress bars or info logs on the CLI: errors stay one line, the table stays
+    readable."""
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except Exception:
+        pass
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except Exception:
+        pass
+
+
+def load_model(name_or_path, device=None, dtype=None):
+    """(model, tokenizer) from a local folder or a hub id, in eval mode on `device`.
+
+    device defaults to cuda when available, else cpu; dtype to bfloat16 on cuda, float32 on cpu.
+    Raises ModelLoadError with a one-line reason (missing folder, hub unreachable, broken
+    checkpoint).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = {
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "fp32": torch.float32,
+            "float32": torch.float32,
+        }[dtype]
+    local = os.path.isdir(os.path.expanduser(name_or_path))
+    path = os.path.expanduser(name_or_path) if local else name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as e:
+        if local:
+            raise ModelLoadError(
+                f"cannot load model from folder {name_or_path!r}: {one_line(e)}"
+            ) from e
+        looks_like_path = (
+            name_or_path.startswith((".", "/", "~"))
+            or name_or_path.count("/") > 1
+            or os.sep in name_or_path
+            and os.sep != "/"
+        )
+        if looks_like_path:
+            raise ModelLoadError(
+                f"cannot load model {name_or_path!r}: no such folder. "
+                f"Pass a local folder: --model /path/to/folder"
+            ) from e
+        cls = type(e).__name__
+        if not hub_offline() and ("RepositoryNotFound" in cls or "404" in str(e)):
+            raise ModelLoadError(
+                f"cannot load model {name_or_path!r}: not a local folder and not a model on the "
+                f"Hugging Face hub. Pass a local folder: --model /path/to/folder"
+            ) from e
+        raise ModelLoadError(
+            f"cannot load model {name_or_path!r}: not a local folder and the Hugging Face hub is "
+            "unreachable "
+            f"(offline). Download it first (hf download {name_or_path} --local-dir DIR) or pass a "
+            f"local folder: --model /path/to/folder"
+        ) from e
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun: token counts, statistics and gradients are summed over ranks, so both losses are
+# normalised by global token counts (PAPER.md). Gradients are all-reduced once per step rather than
+# by DDP's per-backward hooks, because ranks run different numbers of micro-batches.
+
+
+def world():
+    """(rank, world_size); (0, 1) without torchrun."""
+    return (
+        (dist.get_rank(), dist.get_world_size())
+        if dist.is_available() and dist.is_initialized()
+        else (0, 1)
+    )
+
+
+def all_sum(values, device):
+    """Sum a list of floats over ranks."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    if world()[1] > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_grads(model):
+    """Sum .grad over ranks (missing grads count as zeros) with one flat all-reduce."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world()[1] > 1:
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        torch.nn.utils.vector_to_parameters(flat, [p.grad for p in params])
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: model, tokenizer, optimiser, scheduler, frozen teacher, RNG states, stream position
+# and step, written to a temporary folder and renamed, the last --keep-checkpoints kept.
+
+
+def seed_everything(seed):
+    """Python's, numpy's and torch's global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(s):
+    random.setstate(s["python"]), np.random.set_state(s["numpy"]), torch.set_rng_state(s["torch"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(
+    out_dir, step, model, tokenizer, teacher, optimizer, scheduler, trainer_state, keep
+):
+    """Rank 0 writes; RNG states are per rank (rng-<rank>.pt), so every rank calls this."""
+    rank, ws = world()
+    ckpt_root = os.path.join(out_dir, "checkpoints")
+    final, tmp = (
+        os.path.join(ckpt_root, f"step-{step:06d}"),
+        os.path.join(ckpt_root, f"step-{step:06d}.tmp"),
+    )
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(os.path.join(tmp, "model"))
+        tokenizer.save_pretrained(os.path.join(tmp, "model"))
+        if teacher is not model:
+            teacher.save_pretrained(os.path.join(tmp, "teacher"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                **trainer_state,
+            },
+            os.path.join(tmp, "trainer.pt"),
+        )
+    if ws > 1:
+        dist.barrier()
+    torch.save(rng_state(), os.path.join(tmp, f"rng-{rank}.pt"))
+    if ws > 1:
+        dist.barrier()
+    if rank == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # atomic: a checkpoint folder either exists whole or not at all
+        for old in list_checkpoints(out_dir)[:-keep]:
+            shutil.rmtree(os.path.join(ckpt_root, old), ignore_errors=True)
+    if ws > 1:
+        dist.barrier()
+    return final
+
+
+def list_checkpoints(out_dir):
+    """The complete checkpoint folders step-N under out_dir/checkpoints, oldest first."""
+    root = os.path.join(out_dir, "checkpoints")
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return sorted(d for d in names if d.startswith("step-") and not d.endswith(".tmp"))
+
+
+def find_checkpoint(resume, out_dir):
+    """--resume PATH, or with "latest" the newest checkpoint in out_dir."""
+    if resume != "latest":
+        if not os.path.isfile(os.path.join(resume, "trainer.pt")):
+            raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no trainer.pt)")
+        return resume
+    found = list_checkpoints(out_dir)
+    if not found:
+        raise FileNotFoundError(
+            f"--resume: no checkpoint in {os.path.join(out_dir, 'checkpoints')}"
+        )
+    return os.path.join(out_dir, "checkpoints", found[-1])
+
+
+def restore_checkpoint(ckpt, optimizer, scheduler, state, seed):
+    """Optimiser, scheduler and trainer state (in place) and this rank's RNG states."""
+    rank = world()[0]
+    saved = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)
+    optimizer.load_state_dict(saved.pop("optimizer"))
+    scheduler.load_state_dict(saved.pop("scheduler"))
+    state.update({k: v for k, v in saved.items() if k in state})
+    rng_file = os.path.join(ckpt, f"rng-{rank}.pt")
+    if os.path.exists(rng_file):
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:  # a rank the checkpoint did not have (larger world size)
+        seed_everything(seed + rank + 1000 * state["step"])
+
+
+def rewind_outputs(out_dir, step, jsonl_paths):
+    """Resuming at `step`: drop the log rows and checkpoints written after it (they belong to an
+    abandoned continuation), so no step repeats."""
+    for path in jsonl_paths:
+        truncate_jsonl(path, step)
+    root = os.path.join(out_dir, "checkpoints")
+    for d in os.listdir(root) if os.path.isdir(root) else []:  # step-N and step-N.tmp
+        if d.startswith("step-") and int(d[5:].split(".")[0]) > step:
+            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+class StopOnSignal:
+    """Ctrl-C / SIGTERM inside the block: `.signal` is set and the step in progress finishes (the
+    loop then checkpoints and stops); a second signal quits at once. Handlers are installed only
+    in the main thread (Python allows no others) and restored on exit."""
+
+    def __enter__(self):
+        self.signal, self.handlers = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.handlers[s] = signal.signal(s, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(
+            f"\nsignal {signum}: finishing the step in progress, then saving a checkpoint "
+            "(again to quit now)",
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        for s, h in self.handlers.items():
+            signal.signal(s, h)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Logs.
+
+
+def append_jsonl(path, row):
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
+    }  # strict JSON
+    with open(path, "a") as f:
+        f.write(json.dumps(clean) + "\n")
+
+
+def truncate_jsonl(path, max_step):
+    """Drop rows written after the checkpoint we resume from, so metrics never repeat a step."""
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= max_step]
+        with open(path, "w") as f:
+            f.writelines(rows)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop's bookkeeping: console line and JSONL rows, checkpoints when due, the end of a
+# run. `run` is the namespace hdpo.setup_run builds.
+
+
+def log_step(run, row, batch, rollouts, rewards, owners, priv, priv_ok):
+    """Rank 0: metrics.jsonl, a few samples in samples.jsonl, one console line."""
+    if run.rank != 0:
+        return
+    args, G, step = run.args, run.args.num_generations, row["step"]
+    append_jsonl(run.paths["metrics"], row)
+    sample = lambda kind, r, text, reward: {
+        "step": step, "kind": kind, "problem": r["problem"], "answer": r["answer"],
+        "completion": text, "reward": reward,
+    }  # fmt: skip
+    plain = [sample("plain", batch[i // G], o["text"], float(rewards.view(-1)[i]))
+             for i, o in enumerate(rollouts[: args.samples_per_step])]  # fmt: skip
+    hinted = [
+        sample("privileged", batch[i], o["text"], float(ok))
+        # fmt: skip
+        for o, i, ok in list(zip(priv, owners, priv_ok))[: args.samples_per_step]
+    ]
+    for s in plain + hinted:
+        append_jsonl(run.paths["samples"], s)
+    ppr = row["privileged_pass_rate"]
+    vals = [f"{k[4:]} {v:.3f}" for k, v in row.items() if k.startswith("val_") and v is not None]
+    print(
+        f"step {step}/{args.max_steps} | reward {row['reward_mean']:.3f} | "
+        f"cliffs {row['num_cliffs']}/{row['num_prompts']} | "
+        f"priv pass {'-' if ppr is None else f'{ppr:.2f}'} | "
+        f"distill {row['distill_sequences']} seq {row['distill_tokens']} tok | "
+        f"L_grpo {row['loss_grpo']:+.4f} L_jsd {row['loss_jsd']:.4f} | "
+        f"gnorm {row['grad_norm']:.3f} | lr {row['lr']:.2e} | "
+        f"{row['step_time_s']:.1f}s (gen {row['generation_time_s']:.1f}s)"
+        + (" | SKIPPED (non-finite)" if row["skipped"] else "")
+        + (" | val " + " ".join(vals) if vals else ""),
+        flush=True,
+    )
+
+
+def raise_if_failing(run):
+    """After --max-bad-steps non-finite steps in a row: stop with a one-line error."""
+    bad, step = run.state["bad_steps"], run.state["step"]
+    if bad >= run.args.max_bad_steps:
+        raise TrainingError(
+            f"{bad} non-finite steps in a row (loss or gradient is NaN/inf); stopping at step "
+            f"{step}. Lower --lr or check the data; --debug for details"
+        )
+
+
+def checkpoint_if_due(run, stop):
+    """Every --save-every steps, at the last step, and after Ctrl-C / SIGTERM (the ranks agree).
+    -> True when the run should stop now."""
+    args, step = run.args, run.state["step"]
+    stopping = all_sum([stop.signal is not None], run.device)[0] > 0
+    if stopping or (args.save_every and step % args.save_every == 0) or step == args.max_steps:
+        trainer_state = {k: v for k, v in run.state.items() if k != "step"}
+        path = save_checkpoint(
+            args.output_dir, step, run.model, run.tokenizer, run.teacher, run.optimizer,
+            run.scheduler, trainer_state, args.keep_checkpoints,
+        )  # fmt: skip
+        if run.rank == 0:
+            print(f"checkpoint: {path}", flush=True)
+    return stopping
+
+
+def finish_run(run, stop):
+    """The final model (unless interrupted), and every rank returns with the run's files written."""
+    out = run.args.output_dir
+    if run.rank == 0 and not stop.signal:
+        run.model.save_pretrained(os.path.join(out, "final"))
+        run.tokenizer.save_pretrained(os.path.join(out, "final"))
+    if run.world_size > 1:
+        dist.barrier()
+    return {
+        "steps": run.state["step"],
+        "time_s": time.time() - run.t_start,
+        "output_dir": out,
+        "best_eval": run.state["best"],
+        "skipped_steps": run.state["skipped_steps"],
+        "interrupted": stop.signal is not None,
+    }
