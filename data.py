@@ -143,19 +143,17 @@ def load_problems(
     answer_key=None,
     solution_key=None,
     limit=None,
+    with_solutions=True,
 ):
     """Load math problems as [{"problem": str, "answer": str, "solution": str | None}, ...].
 
     dataset: a hub id (nvidia/OpenMathInstruct-2, HuggingFaceH4/MATH-500, openai/gsm8k -> config
-    "main")
-    or a local .jsonl / .json / .parquet file or a folder of them; all go through
-    datasets.load_dataset.
-    Keys: problem|question|prompt; expected_answer|answer; generated_solution|solution
-    (overridable).
-    GSM8K's "reasoning #### N" answer becomes answer N (commas dropped) and solution "reasoning".
-    limit keeps the first `limit` rows. Raises DataError naming the row for a missing problem or
-    answer,
-    and for an empty dataset.
+    "main") or a local .jsonl / .json / .parquet file or a folder of them; all go through
+    datasets.load_dataset. Keys: problem|question|prompt; expected_answer|answer;
+    generated_solution|solution (overridable). GSM8K's "reasoning #### N" answer becomes answer N
+    (commas dropped) and solution "reasoning". limit keeps the first `limit` rows;
+    with_solutions=False leaves solutions out (None): at 1M rows they are gigabytes per process.
+    Raises DataError naming the row for a missing problem or answer, and for an empty dataset.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
@@ -173,6 +171,7 @@ def load_problems(
         dataset,
         required=False,
     )
+    sk = sk if with_solutions else None
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))
     ds = ds.select_columns([c for c in dict.fromkeys((pk, ak, sk)) if c is not None])
@@ -200,7 +199,7 @@ def load_problems(
                     f"dataset {dataset!r}: row {i} (0-based) has nothing after '####' in column "
                     f"{ak!r}"
                 )
-            if s is None:
+            if s is None and with_solutions:
                 s = reasoning or None
         out.append(
             {"problem": str(p), "answer": a.strip(), "solution": None if s is None else str(s)}
@@ -253,10 +252,19 @@ def privileged_prompt(problem, answer, solution=None):
 
 
 def split_train_val(rows, val_fraction, eval_problems, seed):
-    perm = np.random.default_rng(seed).permutation(len(rows))
-    n_val = max(1, int(round(val_fraction * len(rows)))) if len(rows) > 1 else 0
-    val = [rows[i] for i in perm[:n_val][:eval_problems]]
-    return [rows[i] for i in perm[n_val:]], val
+    """Hold out whole problems: rows are grouped by problem text (OpenMathInstruct-2 repeats a
+    problem across rows, one per generated solution), a seeded permutation of the distinct
+    problems puts val_fraction of them in validation, and every row of those problems leaves the
+    training set. -> (training rows, one row per validation problem, at most eval_problems)."""
+    first = {}  # problem text -> its first row
+    for r in rows:
+        first.setdefault(r["problem"], r)
+    problems = list(first)  # distinct, in first-seen order
+    perm = np.random.default_rng(seed).permutation(len(problems))
+    n_val = max(1, int(round(val_fraction * len(problems)))) if len(problems) > 1 else 0
+    held_out = {problems[i] for i in perm[:n_val]}
+    val = [first[problems[i]] for i in perm[:n_val][:eval_problems]]
+    return [r for r in rows if r["problem"] not in held_out], val
 
 
 def prompt_stream(n_rows, position, count, seed):

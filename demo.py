@@ -84,9 +84,8 @@ WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 def make_row(rng, level):
     """One problem of `level`: {"problem", "answer", "solution", "level"}; the solution ends in
-    \\boxed{answer}.
-    The word forms ("six times seven") ask for the same arithmetic as a+b and a*b, with answers >=
-    10."""
+    \\boxed{answer}. The word forms ("six times seven") ask for the same arithmetic as a+b and a*b,
+    with answers >= 10."""
     lo = 2 if level in ("a*b", "a times b") else 0
     while True:
         a, b = rng.randint(lo, 9), rng.randint(lo, 9)
@@ -192,8 +191,7 @@ def sft_batch(tokenizer, pairs):
 
 def warm_start(model, tokenizer, rows, seed, steps, batch, lr, plain_fraction):
     """Supervised steps on worked solutions, prompts formatted by eval.chat_prompt as hdpo.train
-    does:
-    plain prompts only for PLAIN_LEVELS, privileged prompts (answer in the prompt) for every
+    does: plain prompts only for PLAIN_LEVELS, privileged prompts (answer in the prompt) for every
     level."""
     rng, plain = random.Random(seed), [r for r in rows if r["level"] in PLAIN_LEVELS]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -402,8 +400,8 @@ def print_table(summary):
 
 def plot(out_dir, summary):
     """demo.png: cliff fraction and mean reward of each step's batch (thin) with a 5-step running
-    mean
-    (thick), and the measured cliff fraction of all training prompts at the start and end (dots)."""
+    mean (thick), and the measured cliff fraction of all training prompts at the start and end
+    (dots)."""
     try:
         import matplotlib
 

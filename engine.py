@@ -2,9 +2,8 @@
 validation (Algorithm 1, lines 1 and 4).
 
 generate(model, tokenizer, prompts, num_samples, ...) -> one dict per (prompt, sample),
-prompt-major:
-{"prompt_ids", "completion_ids", "text", "finished"}; completion_ids run up to and including the
-first EOS, so pad == eos (Qwen's <|endoftext|>) is safe.
+prompt-major: {"prompt_ids", "completion_ids", "text", "finished"}; completion_ids run up to and
+including the first EOS, so pad == eos (Qwen's <|endoftext|>) is safe.
 """
 
 import inspect
@@ -96,15 +95,13 @@ def model_device(model):
 
 def sample_categorical(logits, temperature=1.0, block=128):
     """One token id per row, drawn from softmax(logits / temperature) by inverse CDF with one
-    uniform per row;
-    logits [B, V] -> [B] long, and logits is overwritten (callers pass a buffer they own).
+    uniform per row; logits [B, V] -> [B] long, and logits is overwritten (callers pass a buffer
+    they own).
 
     Exact up to the fp32 rounding of the probabilities, as torch.multinomial: the cumulative sums
-    are float64
-    and two-level (block sums, then within the chosen block), so no token's mass is lost to rounding
-    in a
-    151,936-long running sum. One uniform per row instead of multinomial's one exponential per
-    vocabulary
+    are float64 and two-level (block sums, then within the chosen block), so no token's mass is lost
+    to rounding in a 151,936-long running sum. One uniform per row instead of multinomial's one
+    exponential per vocabulary
     entry: ~8x less work than torch.multinomial on CPU at Qwen's vocabulary."""
     p = logits.float()  # in place from here on
     if temperature != 1.0:
@@ -134,9 +131,8 @@ def sample_categorical(logits, temperature=1.0, block=128):
 
 def _plain_head(model):
     """The lm_head Linear when the logits are exactly lm_head(last hidden state) (Qwen2, Llama,
-    Mistral, ...);
-    None when the model scales or soft-caps them (Gemma 2, Cohere, Granite, ...): then the model is
-    called."""
+    Mistral, ...); None when the model scales or soft-caps them (Gemma 2, Cohere, Granite, ...):
+    then the model is called."""
     cfg = (
         model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     )
@@ -160,11 +156,9 @@ def _plain_head(model):
 def _decode(model, input_ids, attention_mask, max_new_tokens, greedy, temperature, eos_ids, pad_id):
     """Prefill, then one forward per new token on a static KV cache: what generate does, without its
     per-step logits processors and copies. The next-token logits go into one buffer reused at every
-    step
-    (nothing vocabulary-sized is allocated per token). input_ids, attention_mask [B, W] left-padded
-    ->
-    [B, <= max_new_tokens] token ids, pad_id after a row's first EOS; stops once every row has
-    ended."""
+    step (nothing vocabulary-sized is allocated per token). input_ids, attention_mask [B, W]
+    left-padded -> [B, <= max_new_tokens] token ids, pad_id after a row's first EOS; stops once
+    every row has ended."""
     B, W = input_ids.shape
     device = input_ids.device
     try:  # transformers >= 4.56: sized from the first update
@@ -245,13 +239,12 @@ def generate(
     Returns len(prompts) * num_samples dicts in prompt-major order (prompt 0's samples first):
     {"prompt_ids", "completion_ids", "text", "finished"}. completion_ids run up to and including the
     first token in eos_ids (finished=True), or are every generated token when none came
-    (finished=False);
-    nothing after the first EOS is kept, so pad == eos (Qwen's <|endoftext|>) is safe.
+    (finished=False); nothing after the first EOS is kept, so pad == eos (Qwen's <|endoftext|>) is
+    safe.
 
     Sequences (prompt x sample) are packed into batches of at most batch_size, longest prompts
-    first,
-    left-padded, with the KV cache. Sampling draws from torch's global RNG. With max_seq_len, each
-    batch generates at most max_seq_len - (its longest prompt) tokens.
+    first, left-padded, with the KV cache. Sampling draws from torch's global RNG. With max_seq_len,
+    each batch generates at most max_seq_len - (its longest prompt) tokens.
     """
     if num_samples < 0 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(

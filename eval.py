@@ -68,10 +68,12 @@ def pass_at_k(n, c, k):
 
 def summarize(per_problem, ks, n):
     """Combine per-problem results [{"greedy_correct": bool | None, "correct": int}, ...] into
-    {"greedy", "pass@K" for each K, "n_problems", "n_samples"}. greedy is None when no problem has a
-    greedy result; a k > n is left out (no pass@k without k samples). Problems can come from several
-    ranks: concatenate their lists and call this once."""
-    per_problem = list(per_problem)
+    {"greedy", "pass@K" for each K, "n_problems", "n_samples", "skipped_long_prompts"}. greedy is
+    None when no problem has a greedy result; a k > n is left out (no pass@k without k samples).
+    Problems marked "skipped" (prompt longer than max_seq_len) are counted, not scored. Problems
+    can come from several ranks: concatenate their lists and call this once."""
+    n_skipped = sum(bool(p.get("skipped")) for p in per_problem)
+    per_problem = [p for p in per_problem if not p.get("skipped")]
     greedy_vals = [p["greedy_correct"] for p in per_problem if p.get("greedy_correct") is not None]
     out = {
         "greedy": (sum(bool(g) for g in greedy_vals) / len(greedy_vals)) if greedy_vals else None
@@ -83,6 +85,7 @@ def summarize(per_problem, ks, n):
         out[f"pass@{k}"] = math.fsum(vals) / len(vals) if vals else None
     out["n_problems"] = len(per_problem)
     out["n_samples"] = n
+    out["skipped_long_prompts"] = n_skipped
     return out
 
 
@@ -110,11 +113,9 @@ def evaluate(
 
     One greedy decode per problem gives `greedy` (the paper's pass@1); n samples per problem at
     `temperature` give per-problem correct counts and pass@k for each k in ks (k > n is skipped with
-    a
-    warning; n == 0 gives greedy only). Returns summarize(...) plus "per_problem" (greedy_correct,
-    correct
-    per problem), "generated_tokens" and "generation_seconds".
-    generate_fn (default: generate) and reward_fn (default: verify.reward) are the hooks tests use.
+    a warning; n == 0 gives greedy only). Returns summarize(...) plus "per_problem" (greedy_correct,
+    correct per problem), "generated_tokens" and "generation_seconds". generate_fn (default:
+    generate) and reward_fn (default: verify.reward) are the hooks tests use.
     """
     problems, answers = list(problems), [str(a) for a in answers]
     if len(problems) != len(answers):
@@ -135,6 +136,15 @@ def evaluate(
             kept.append(k)
 
     prompts = [chat_prompt(tokenizer, p) for p in problems]
+    fits = [True] * len(prompts)  # a prompt with no room to generate is skipped and counted
+    if max_seq_len is not None:
+        fits = [
+            len(tokenizer(p, add_special_tokens=False).input_ids) < max_seq_len for p in prompts
+        ]
+    all_problems = problems
+    problems, answers, prompts = (
+        [x for x, f in zip(xs, fits) if f] for xs in (problems, answers, prompts)
+    )
     common = dict(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -171,7 +181,10 @@ def evaluate(
         for j, o in enumerate(outs):
             correct[j // n] += _is_correct(reward_fn, o["text"], answers[j // n])
 
-    per_problem = [{"greedy_correct": g, "correct": c} for g, c in zip(greedy_correct, correct)]
+    scored = iter({"greedy_correct": g, "correct": c} for g, c in zip(greedy_correct, correct))
+    skipped = {"greedy_correct": None, "correct": 0, "skipped": True}
+    per_problem = [next(scored) if f else dict(skipped) for f in fits]  # one per input problem
+    assert len(per_problem) == len(all_problems)
     result = summarize(per_problem, kept, n)
     result["per_problem"] = per_problem
     result["generated_tokens"] = tokens
@@ -275,7 +288,8 @@ def build_parser():
         "--max-seq-len",
         type=_int_at_least(2),
         default=None,
-        help="cap prompt + completion length (the paper trains with 4096); default: no cap",
+        help="cap on prompt + completion tokens; default: the model's max_position_embeddings "
+        "(4096 for Qwen2.5-Math); longer prompts are skipped and counted",
     )
     g.add_argument(
         "--seed", type=int, default=42, help="seeds python, numpy and torch (default 42)"
@@ -311,6 +325,8 @@ def _format_table(res, args, ks, batch_size):
     ]
     lines += [f"{name:<16}{'-' if v is None else f'{v:.4f}':>8}" for name, v in rows]
     tps = res["tokens_per_second"]
+    if res["skipped_long_prompts"]:
+        lines.append(f"skipped {res['skipped_long_prompts']} problems: prompt too long to generate")
     lines.append(
         f"generation: {res['generated_tokens']} tokens in {res['generation_seconds']:.2f} s = "
         f"{tps:.1f} tokens/s (batch size {batch_size})"
@@ -345,6 +361,7 @@ def main(argv=None):
 
         model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
         batch_size = args.batch_size or (64 if model_device(model).type == "cuda" else 32)
+        max_seq_len = args.max_seq_len or getattr(model.config, "max_position_embeddings", None)
         set_seed(args.seed)
         res = evaluate(
             model,
@@ -356,7 +373,7 @@ def main(argv=None):
             temperature=args.temperature,
             max_new_tokens=args.max_new_tokens,
             batch_size=batch_size,
-            max_seq_len=args.max_seq_len,
+            max_seq_len=max_seq_len,
             greedy=not args.no_greedy,
             progress=not args.no_progress,
         )
@@ -373,6 +390,8 @@ def main(argv=None):
     out.update(
         n_problems=res["n_problems"],
         n_samples=res["n_samples"],
+        skipped_long_prompts=res["skipped_long_prompts"],
+        max_seq_len=max_seq_len,
         model=args.model,
         dataset=args.dataset,
         split=args.split,

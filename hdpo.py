@@ -61,8 +61,10 @@ from plumbing import (
     all_sum,
     append_jsonl,
     checkpoint_if_due,
+    compute_device,
     find_checkpoint,
     finish_run,
+    init_distributed,
     load_model,
     log_step,
     quiet_libraries,
@@ -427,24 +429,25 @@ def next_prompts(run):
     batch = [run.train_rows[i] for i in idx[rank::ws]]  # this rank's shard of the step's prompts
     prompts = [chat_prompt(run.tokenizer, r["problem"]) for r in batch]
     keep = [run.n_tokens(p) < args.max_seq_len for p in prompts]
+    run.step_long_prompts = keep.count(False)  # skipped, counted in metrics.jsonl
     return [r for r, k in zip(batch, keep) if k], [p for p, k in zip(prompts, keep) if k]
 
 
 def privileged_rollouts(run, batch, cliffs):
     """Algorithm 1, line 4: --privileged-generations rollouts from π_θ(· | x ⊕ y*) for each of the
-    first ceil(--max-cliffs / world size) cliff prompts. -> (owner prompt index per rollout,
-    rollouts)."""
+    first ceil(--max-cliffs / world size) cliff prompts whose privileged prompt fits under
+    --max-seq-len (x ⊕ y* is longer than x). -> (owner prompt index per rollout, rollouts)."""
     args, n = run.args, run.args.privileged_generations
     if not (args.distill_weight > 0 and args.max_cliffs > 0 and bool(cliffs.any())):
         return [], []
-    chosen = cliffs.nonzero()[:, 0].tolist()[: math.ceil(args.max_cliffs / run.world_size)]
     solution = lambda r: r.get("solution") if args.privileged == "solution" else None
-    text = {
-        i: privileged_prompt(batch[i]["problem"], batch[i]["answer"], solution(batch[i]))
-        for i in chosen
+    hinted = lambda r: privileged_prompt(r["problem"], r["answer"], solution(r))
+    prompts = {
+        i: chat_prompt(run.tokenizer, hinted(batch[i])) for i in cliffs.nonzero()[:, 0].tolist()
     }
-    prompts = {i: chat_prompt(run.tokenizer, text[i]) for i in chosen}
-    chosen = [i for i in chosen if run.n_tokens(prompts[i]) < args.max_seq_len]
+    fits = [i for i in prompts if run.n_tokens(prompts[i]) < args.max_seq_len]
+    run.step_long_prompts += len(prompts) - len(fits)
+    chosen = fits[: math.ceil(args.max_cliffs / run.world_size)]  # the cap counts distillable ones
     with run.amp():
         rollouts = generate(
             run.model, run.tokenizer, [prompts[i] for i in chosen], num_samples=n, **run.gen
@@ -482,8 +485,7 @@ def optimizer_step(run, losses):
 
 def setup_run(args, train_rows, val_rows, reward_fn):
     rank, ws = world()
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
+    device = compute_device()  # cuda:LOCAL_RANK (pinned by init_distributed), or cpu
     bf16 = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     amp = bf16 if device.type == "cuda" else contextlib.nullcontext
     if reward_fn is None:
@@ -492,7 +494,7 @@ def setup_run(args, train_rows, val_rows, reward_fn):
     ckpt = find_checkpoint(args.resume, args.output_dir) if args.resume else None
     if train_rows is None:
         keys = dict(problem_key=args.problem_key, answer_key=args.answer_key)
-        keys["solution_key"] = args.solution_key
+        keys.update(solution_key=args.solution_key, with_solutions=args.privileged == "solution")
         rows = load_problems(args.dataset, split=args.split, config=args.dataset_config, **keys)
         train_rows, held_out = split_train_val(
             rows, args.val_fraction, args.eval_problems, args.seed
@@ -526,6 +528,7 @@ def setup_run(args, train_rows, val_rows, reward_fn):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     eos_ids = eos_token_ids(tokenizer, model)
     state = {"step": 0, "data_pos": 0, "bad_steps": 0, "skipped_steps": 0, "best": {}}
+    state["skipped_long_prompts"] = 0  # plain or privileged prompts with no room to generate
     paths = {k: os.path.join(args.output_dir, k + ".jsonl") for k in ("metrics", "samples", "eval")}
     if ckpt:
         restore_checkpoint(ckpt, optimizer, scheduler, state, args.seed)
@@ -540,8 +543,10 @@ def setup_run(args, train_rows, val_rows, reward_fn):
     )  # fmt: skip
     if rank == 0:
         print(
-            f"HDPO | model {args.model} | {len(train_rows)} train / {len(val_rows or [])} val "
-            f"problems | world {ws} | λ={args.distill_weight} teacher={args.teacher} | "
+            f"HDPO | model {args.model} | {len(train_rows)} train rows "
+            f"({len({r['problem'] for r in train_rows})} distinct problems) / "
+            f"{len(val_rows or [])} val problems | world {ws} | "
+            f"λ={args.distill_weight} teacher={args.teacher} | "
             f"{args.prompts_per_step}x{args.num_generations} rollouts/step | device {device}"
         )
     n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
@@ -549,7 +554,7 @@ def setup_run(args, train_rows, val_rows, reward_fn):
         args=args, rank=rank, world_size=ws, device=device, amp=amp, model=model,
         tokenizer=tokenizer, teacher=teacher, optimizer=optimizer, scheduler=scheduler,
         reward_fn=reward_fn, train_rows=train_rows, val_rows=val_rows, state=state, paths=paths,
-        gen=gen, n_tokens=n_tokens, t_start=time.time(),
+        gen=gen, n_tokens=n_tokens, t_start=time.time(), step_long_prompts=0,
     )  # fmt: skip
 
 
@@ -563,10 +568,11 @@ def step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losse
     solved = (rewards.sum(1) == G).sum()
     truncated = sum(not o["finished"] for o in rollouts)
     local = [len(batch), cliffs.sum(), rewards.sum(), rewards.numel(), solved, len(priv_ok)]
-    local += [sum(priv_ok), len(pairs), truncated]
-    n, n_cliffs, r_sum, n_roll, n_solved, n_priv, n_ok, n_pairs, n_trunc = all_sum(
+    local += [sum(priv_ok), len(pairs), truncated, run.step_long_prompts]
+    n, n_cliffs, r_sum, n_roll, n_solved, n_priv, n_ok, n_pairs, n_trunc, n_long = all_sum(
         local, run.device
     )
+    run.state["skipped_long_prompts"] += int(n_long)  # global, so every rank holds the same count
     return {
         "step": run.state["step"],
         "reward_mean": r_sum / max(n_roll, 1),
@@ -584,6 +590,7 @@ def step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losse
         "loss_grpo": loss_grpo,
         "loss_jsd": loss_jsd,
         "loss": loss_grpo + run.args.distill_weight * loss_jsd,
+        "skipped_long_prompts": run.state["skipped_long_prompts"],
         "world_size": run.world_size,
     }
 
@@ -628,8 +635,7 @@ def validate_if_due(run):
 def main(argv=None):
     args = parse_args(argv)
     quiet_libraries()  # no datasets/transformers progress bars: errors stay one line on stderr
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # torchrun
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    init_distributed()  # under torchrun: one process per GPU, pinned to cuda:LOCAL_RANK
     try:
         if args.demo:
             import demo  # demo.py builds on train(); it does not import this file

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 
 def _logits_into(buf, h, weight, bias):
     """buf[:n] = h W^T (+ b) in fp32, written in place when it can be (fp32, no autocast); under
-    autocast
-    (bf16 on GPU) the matmul runs in bf16 and is copied into the fp32 buffer."""
+    autocast (bf16 on GPU) the matmul runs in bf16 and is copied into the fp32 buffer."""
     out = buf[: h.shape[0]]
     if h.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(h.device.type):
         return (
@@ -29,13 +28,10 @@ def _logits_into(buf, h, weight, bias):
 class HeadGatherLSE(torch.autograd.Function):
     """hidden [N, H], idx [N, k] -> (logits at idx [N, k], logsumexp of the logits [N]), fp32, where
     logits = hidden W^T + b over the full vocabulary, `chunk` positions at a time into one [chunk,
-    V]
-    buffer. Saves only hidden and the log-normaliser; backward recomputes each chunk's logits once
-    into
-    one buffer, turns them into their gradient in place (g_lse · softmax + g_idx scattered at idx)
-    and
-    accumulates the two gradient matmuls. log π(target) = gathered − lse; JSD_k needs nothing
-    else."""
+    V] buffer. Saves only hidden and the log-normaliser; backward recomputes each chunk's logits
+    once into one buffer, turns them into their gradient in place (g_lse · softmax + g_idx scattered
+    at idx) and accumulates the two gradient matmuls. log π(target) = gathered − lse; JSD_k needs
+    nothing else."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, idx, chunk):

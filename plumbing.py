@@ -121,6 +121,28 @@ def load_model(name_or_path, device=None, dtype=None):
 # by DDP's per-backward hooks, because ranks run different numbers of micro-batches.
 
 
+def init_distributed():
+    """Under torchrun (WORLD_SIZE > 1): start torch.distributed, NCCL on GPU, gloo on CPU. Each
+    rank is pinned to cuda:LOCAL_RANK BEFORE NCCL starts: collectives that take no tensor
+    (barrier, all_gather_object) run on the current device, which is otherwise cuda:0 on every
+    rank (a hang or an NCCL error at the first validation or checkpoint)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        device = compute_device()
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+
+
+def compute_device():
+    """cuda:LOCAL_RANK when a GPU is present (LOCAL_RANK is 0 outside torchrun), else cpu."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def world():
     """(rank, world_size); (0, 1) without torchrun."""
     return (

@@ -1,18 +1,13 @@
 """Benchmark: one HDPO/GRPO step against TRL's GRPOTrainer on the same work, on this machine.
 
-    python benchmarks/bench_step.py                       # full run (~12-15 min on 2 CPU cores),
-    writes bench_results.json
-    python benchmarks/bench_step.py --quick               # fewer repeats and steps, lengths 64 and
-    256 only
-    python benchmarks/bench_step.py --skip-trl            # without the TRL baseline
-    python benchmarks/bench_step.py --trl-python /path/to/venv/bin/python   # TRL lives in another
-    environment
-    python benchmarks/bench_step.py --ab candidate.py     # also run our steps with candidate.py
-    (monkeypatching hdpo/eval) applied
+    python benchmarks/bench_step.py                  # full run (~12-15 min on 2 CPU cores)
+    python benchmarks/bench_step.py --quick          # fewer repeats and steps, lengths 64, 256
+    python benchmarks/bench_step.py --skip-trl       # without the TRL baseline
+    python benchmarks/bench_step.py --trl-python /path/to/venv/bin/python  # TRL in another venv
+    python benchmarks/bench_step.py --ab candidate.py  # also our steps with candidate.py applied
 
 The setting (the issue's): a random-weight Qwen2 (hidden 64, 2 layers, tied embeddings) with the
-real
-Qwen2.5 tokenizer and its 151,936-token vocabulary (offline.py), the first 4 MATH-500 prompts
+real Qwen2.5 tokenizer and its 151,936-token vocabulary (offline.py), the first 4 MATH-500 prompts
 (tests/data/math500.jsonl) x 8 rollouts x 64 new tokens per step, GRPO (λ = 0), temperature 1.0,
 fp32, CPU.
 
@@ -21,47 +16,35 @@ includes importing its libraries and loading the model) is its own:
 
   hf_generate   HF `generate` alone: the 32 rollouts x 64 tokens (min_new_tokens 64), dynamic cache
   naive         a naive fp32 step body: full-vocabulary logits and log-softmax over the full
-  sequences
-                (prompt + 64 completion tokens), micro-batches of 4, forward and backward
+                sequences (prompt + 64 completion tokens), micro-batches of 4, forward and backward
   trl           TRL GRPOTrainer: loss_type "dapo", beta 0, min_new_tokens 64, 32 completions
-  generated in one
-                call, micro-batches of 4 with 8 accumulation steps (one optimiser step per 32
-                rollouts, as ours)
-  hdpo          our step, hdpo.train with λ = 0; median of step_time_s in its metrics.jsonl (warm-up
-  steps dropped)
-  hdpo_cliffs   our step with λ > 0 where every prompt is a cliff: every plain rollout gets reward 0
-  and every
-                privileged rollout reward 1, so each step distils all 4 prompts (4 privileged
-                rollouts each).
-                All GRPO advantages are then 0, so this step has no GRPO backward: it generates 32 +
-                16
-                rollouts and runs the teacher top-k and the JSD backward on the 16 privileged ones
-  memlen_<L>    peak memory of our loss passes (grpo_backward, then jsd_backward) on one micro-batch
-  of 4
-                synthetic sequences with L completion tokens each (the real prompt, L random token
-                ids);
-                measured as the rise of VmHWM above the resident set before the call (Linux
-                clear_refs)
-  genopts       generation options of transformers on this CPU: dynamic vs static cache, continuous
-  batching
-                (`generate_batch`), and eval.generate; greedy outputs compared for exactness
+                generated in one call, micro-batches of 4 with 8 accumulation steps (one optimiser
+                step per 32 rollouts, as ours)
+  hdpo          our step, hdpo.train with λ = 0; median of step_time_s in its metrics.jsonl
+                (warm-up steps dropped)
+  hdpo_cliffs   our step with λ > 0 where every prompt is a cliff: every plain rollout gets reward
+                0 and every privileged rollout reward 1, so each step distils all 4 prompts (4
+                privileged rollouts each). All GRPO advantages are then 0, so this step has no GRPO
+                backward: it generates 32 + 16 rollouts and runs the teacher top-k and the JSD
+                backward on the 16 privileged ones
+  memlen_<L>    peak memory of our loss passes (grpo_backward, then jsd_backward) on one
+                micro-batch of 4 synthetic sequences with L completion tokens each (the real
+                prompt, L random token ids); the rise of VmHWM above the resident set before the
+                call (Linux clear_refs)
+  genopts       generation options of transformers on this CPU: dynamic vs static cache,
+                continuous batching (`generate_batch`), and eval.generate; greedy outputs compared
 
 Times: wall (what the issue asks for) and the process's CPU time (user + system), which moves much
-less than
-wall time when other processes share the machine. OpenMP threads run with OMP_WAIT_POLICY=PASSIVE
-(unless set):
-spinning waits on a shared 2-core machine cost up to 6x the CPU time in decoding. Peak RSS is the
-process's
-VmHWM (Linux), read when the child ends (for our runs and TRL, also after every step).
-The reward (both systems, identical): a random-weight model never gets a verifier reward, so every
-group would
-have zero advantages and neither system would do backward work. Instead reward = 1 bit of SHA-256 of
-the
-completion text: deterministic, independent of the system, about half the rollouts rewarded, so the
-advantages are non-zero and both systems run the full backward pass.
+less than wall time when other processes share the machine. OpenMP threads run with
+OMP_WAIT_POLICY=PASSIVE (unless set): spinning waits on a shared 2-core machine cost up to 6x the
+CPU time in decoding. Peak RSS is the process's VmHWM (Linux), read when the child ends (for our
+runs and TRL, also after every step). The reward (both systems, identical): a random-weight model
+never gets a verifier reward, so every group would have zero advantages and neither system would
+do backward work. Instead reward = 1 bit of SHA-256 of the completion text: deterministic,
+independent of the system, about half the rollouts rewarded, so the advantages are non-zero and
+both systems run the full backward pass.
 
-TRL is only in the optional benchmarks/requirements-bench.txt, never a runtime dependency of
-hdpo.py.
+TRL is only in the optional benchmarks/requirements-bench.txt, never a runtime dependency.
 """
 
 import argparse
@@ -410,8 +393,7 @@ def _read_metrics(out, warmup):
 
 def _watch_steps(hdpo):
     """Per step: process CPU time (user + system, all threads) and peak RSS so far, noted when
-    hdpo.train
-    writes the step's metrics row (right after step_time_s is taken)."""
+    hdpo.train writes the step's metrics row (right after step_time_s is taken)."""
     seen = {"cpu": [], "hwm_mb": [], "t0": _cpu()}
     real = hdpo.append_jsonl
 
@@ -450,10 +432,8 @@ def child_hdpo(cfg):
 
 def child_hdpo_cliffs(cfg):
     """λ > 0, every prompt a cliff: plain rollouts get reward 0, privileged ones 1. The reward
-    function only sees
-    (text, answer), so hdpo.generate is wrapped to note the texts of privileged rollouts (their
-    prompts carry the
-    hint); nothing in hdpo.py changes."""
+    function only sees (text, answer), so hdpo.generate is wrapped to note the texts of privileged
+    rollouts (their prompts carry the hint); nothing in hdpo.py changes."""
     setup_torch(cfg)
     import hdpo
 

@@ -156,3 +156,39 @@ def test_chat_prompt_fallbacks():
             return "|".join(m["content"] for m in messages)
 
     assert D.chat_prompt(RejectsSystem(), "2+2?") == D.SYSTEM_PROMPT + "\n\n2+2?"
+
+
+# ----------------------------------------------------------------------------- train/val split
+
+
+def test_split_holds_out_whole_problems():
+    """Rows repeat problems (OpenMathInstruct-2 has one row per generated solution): no problem
+    text is on both sides, validation has one row per held-out problem, 5% of the distinct
+    problems are held out, and the split is a function of the seed."""
+    rows = [
+        {"problem": f"p{i % 40}", "answer": str(i % 40), "solution": f"s{i}"} for i in range(200)
+    ]
+    train, val = D.split_train_val(rows, 0.05, 2048, seed=42)
+    train_problems, val_problems = {r["problem"] for r in train}, [r["problem"] for r in val]
+    assert not train_problems & set(val_problems)
+    assert len(val_problems) == len(set(val_problems)) == 2  # round(0.05 * 40 distinct)
+    assert len(train) == 200 - 2 * 5  # every row of a held-out problem left training
+    assert D.split_train_val(rows, 0.05, 2048, seed=42) == (train, val)
+    assert D.split_train_val(rows, 0.05, 1, seed=42)[1] == val[:1]  # capped, same order
+
+
+def test_split_of_the_bundled_openmathinstruct2_sample_keeps_problems_apart():
+    rows = D.load_problems(os.path.join(DATA, "openmathinstruct2_sample.jsonl"))
+    distinct = {r["problem"] for r in rows}
+    assert len(distinct) < len(rows)  # the sample repeats problems across rows
+    train, val = D.split_train_val(rows, 0.05, 2048, seed=42)
+    assert not {r["problem"] for r in train} & {r["problem"] for r in val}
+    assert len(val) == round(0.05 * len(distinct))
+
+
+def test_load_problems_can_leave_solutions_out():
+    path = os.path.join(DATA, "openmathinstruct2_sample.jsonl")
+    with_sol = D.load_problems(path, limit=3)
+    without = D.load_problems(path, limit=3, with_solutions=False)
+    assert all(r["solution"] for r in with_sol) and all(r["solution"] is None for r in without)
+    assert [r["problem"] for r in without] == [r["problem"] for r in with_sol]

@@ -2,11 +2,9 @@
 
 The tests start `python -m torch.distributed.run --standalone --nproc_per_node 2` on this very file;
 run as a script it is the worker (see `worker_*` below): `grad` calls hdpo.step_gradients, the
-function
-train() calls, on each rank's shard of a fixed batch; `train` and `demo` go through hdpo.main, which
-notices torchrun's RANK/WORLD_SIZE and starts gloo. The unshortened demo under torchrun takes
-minutes:
-HDPO_DEMO_TESTS=1 runs it.
+function train() calls, on each rank's shard of a fixed batch; `train` and `demo` go through
+hdpo.main, which notices torchrun's RANK/WORLD_SIZE and starts gloo. The unshortened demo under
+torchrun takes minutes: HDPO_DEMO_TESTS=1 runs it.
 """
 
 import glob
@@ -146,8 +144,7 @@ def worker_grad(out_dir):
 
 def worker_train(model_dir, out_dir):
     """`hdpo.py` under torchrun, through hdpo.main (which notices RANK/WORLD_SIZE and starts gloo),
-    scored
-    with the hash reward; each rank writes the hash of its final weights."""
+    scored with the hash reward; each rank writes the hash of its final weights."""
     import types
 
     from test_hdpo import hash_reward
@@ -218,6 +215,16 @@ def worker_train(model_dir, out_dir):
     rank = int(os.environ["RANK"])
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as f:
         json.dump({"weights": weights_hash(policy["model"]), **seen}, f)
+
+
+def worker_train_long_val(model_dir, out_dir):
+    """hdpo.train on 2 ranks with 4 validation problems; the 4th (rank 1's shard) is too long."""
+    init_gloo()
+    from test_hdpo import hash_reward, long_row, rows, train_args
+
+    args = train_args(model_dir, out_dir, "--max-steps", "1", "--eval-every", "1",
+                      "--eval-n", "2", "--eval-k", "1", "--max-seq-len", "1024")  # fmt: skip
+    hdpo.train(args, train_rows=rows(8), val_rows=rows(3) + [long_row()], reward_fn=hash_reward)
 
 
 def worker_demo(out_dir):
@@ -298,10 +305,8 @@ def test_ddp_split_really_differs_per_rank():
 
 def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen_dir, tmp_path):
     """`torchrun --nproc_per_node 2 hdpo.py ...` on gloo: one metrics row per step with world_size 2
-    and
-    global counts, validation gathered from both ranks, a checkpoint with each rank's RNG state, and
-    both
-    ranks end with the same weights (which moved from the initial ones)."""
+    and global counts, validation gathered from both ranks, a checkpoint with each rank's RNG state,
+    and both ranks end with the same weights (which moved from the initial ones)."""
     out = tmp_path / "run"
     proc = torchrun("train", tiny_qwen_dir, out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -347,6 +352,35 @@ def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen
     assert not glob.glob(str(out / "checkpoints" / "*.tmp"))
 
 
+def test_ddp_each_rank_is_pinned_to_cuda_local_rank_before_nccl_starts(monkeypatch):
+    """Under torchrun on GPUs, rank r must run on cuda:LOCAL_RANK before the process group starts:
+    barrier() and all_gather_object() use the current CUDA device (CUDA stubbed here)."""
+    import plumbing
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(plumbing.dist, "is_initialized", lambda: False)
+    init = lambda backend, **kw: calls.append(("init", backend, kw))
+    monkeypatch.setattr(plumbing.dist, "init_process_group", init)
+    plumbing.init_distributed()
+    cuda1 = torch.device("cuda", 1)
+    assert calls == [("set_device", cuda1), ("init", "nccl", {"device_id": cuda1})]
+    assert plumbing.compute_device() == cuda1  # the device train() puts the model and sums on
+
+
+def test_ddp_long_validation_prompt_is_skipped_and_counted_on_two_ranks(tiny_qwen_dir, tmp_path):
+    """A validation problem longer than --max-seq-len on one rank's shard: no crash on that rank
+    and no hang on the other (all_gather_object), one problem counted as skipped."""
+    out = tmp_path / "run"
+    proc = torchrun("train_long_val", tiny_qwen_dir, out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ev = read_jsonl(out / "eval.jsonl")
+    assert ev[0]["skipped_long_prompts"] == 1 and ev[0]["n_problems"] == 3
+
+
 def check_demo_metrics(out):
     rows = read_jsonl(os.path.join(out, "hdpo", "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2] and all(r["world_size"] == 2 for r in rows)
@@ -388,7 +422,9 @@ if (
     __name__ == "__main__"
 ):  # a torchrun worker: test_ddp.py grad OUT | train MODEL_DIR OUT | demo OUT
     mode, *rest = sys.argv[1:]
-    {"grad": worker_grad, "train": worker_train, "demo": worker_demo}[mode](*rest)
+    workers = {"grad": worker_grad, "train": worker_train, "demo": worker_demo}
+    workers["train_long_val"] = worker_train_long_val
+    workers[mode](*rest)
     import torch.distributed as dist
 
     if dist.is_initialized():

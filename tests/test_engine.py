@@ -45,8 +45,7 @@ def test_eos_token_ids_union(qwen_tokenizer):
 
 class ScriptedLM(torch.nn.Module):
     """Stands in for a HF model: generate() appends scripted tokens row by row, then pads finished
-    rows
-    with pad_token_id exactly as transformers does. Records what it was called with."""
+    rows with pad_token_id exactly as transformers does. Records what it was called with."""
 
     def __init__(self, scripts):
         super().__init__()

@@ -240,12 +240,14 @@ def test_evaluate_skips_k_above_n_and_n_zero_is_greedy_only(qwen_tokenizer):
         "greedy": 0.0,
         "n_problems": 1,
         "n_samples": 0,
+        "skipped_long_prompts": 0,
     }
     assert E.summarize([], (1,), 4) == {
         "greedy": None,
         "pass@1": None,
         "n_problems": 0,
         "n_samples": 4,
+        "skipped_long_prompts": 0,
     }
 
 

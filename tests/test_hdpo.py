@@ -510,3 +510,58 @@ def test_offline_end_to_end_run_on_random_qwen(tiny_qwen_dir, tmp_path):
 
     assert AutoModelForCausalLM.from_pretrained(str(out / "final")) is not None
     assert "step 2/2" in proc.stdout
+
+
+# ---------------------------------------------------------------- long prompts (issue 12)
+
+
+def long_row(words=3000):
+    return {"problem": "Compute " + "x + " * words + "1.", "answer": "1", "solution": None}
+
+
+def test_max_cliffs_counts_only_cliffs_that_can_be_distilled(monkeypatch, tiny_qwen_dir):
+    """Cliffs whose privileged prompt x ⊕ y* leaves no room under --max-seq-len are skipped and
+    counted, and --max-cliffs picks among the ones that fit (not the first cliffs overall)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen_dir)
+    batch = rows(4)
+    for r in batch[:2]:  # their answers make x ⊕ y* too long; x itself fits
+        r["answer"] = "1" + " + 0" * 400
+    args = train_args(tiny_qwen_dir, "/tmp/unused", "--max-cliffs", "2", "--max-seq-len", "600")
+    args.distill_weight, seen = 1.0, []
+
+    def stub_generate(model, tokenizer, prompts, num_samples, **kw):
+        seen.extend(prompts)
+        return [{"text": "", "prompt_ids": [], "completion_ids": []}] * (len(prompts) * num_samples)
+
+    monkeypatch.setattr(hdpo, "generate", stub_generate)
+    n_tokens = lambda text: len(tok(text, add_special_tokens=False).input_ids)
+    run = SimpleNamespace(args=args, tokenizer=tok, n_tokens=n_tokens, world_size=1, model=None,
+                          amp=lambda: __import__("contextlib").nullcontext(), gen={},
+                          step_long_prompts=0)  # fmt: skip
+    owners, out = hdpo.privileged_rollouts(run, batch, torch.tensor([True] * 4))
+    assert sorted(set(owners)) == [2, 3]  # the two distillable cliffs, though 0 and 1 come first
+    assert run.step_long_prompts == 2 and len(out) == 2 * args.privileged_generations
+    assert all(batch[i]["problem"] in p for i, p in zip([2, 3], seen))
+
+
+def test_long_training_and_validation_prompts_are_skipped_and_counted(tiny_qwen_dir, tmp_path):
+    """A training prompt and a validation problem longer than --max-seq-len: no crash, both
+    skipped and counted (metrics.jsonl, eval.jsonl), the rest trained and validated."""
+    args = train_args(tiny_qwen_dir, tmp_path, "--max-steps", "1", "--prompts-per-step", "4",
+                      "--eval-every", "1", "--eval-n", "2", "--eval-k", "1", "2",
+                      "--max-seq-len", "1024")  # fmt: skip
+    train_rows = [long_row()] * 8 + rows(8)  # the stream is seeded: count the long ones drawn
+    first = [train_rows[i] for i in hdpo.prompt_stream(len(train_rows), 0, 4, args.seed)]
+    n_long = sum(r["problem"].startswith("Compute x") for r in first)
+    assert 0 < n_long < 4
+    hdpo.train(args, train_rows=train_rows, val_rows=rows(3) + [long_row()], reward_fn=hash_reward)
+    metrics = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl")]
+    assert metrics[0]["skipped_long_prompts"] == n_long
+    assert metrics[0]["num_prompts"] == 4 - n_long
+    ev = [json.loads(ln) for ln in open(tmp_path / "eval.jsonl")]
+    assert ev[0]["skipped_long_prompts"] == 1 and ev[0]["n_problems"] == 3
+    assert ev[0]["greedy"] is not None

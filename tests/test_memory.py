@@ -1,14 +1,10 @@
 """Memory of the loss passes: the log-prob (GRPO) and JSD_k passes never hold full-vocabulary fp32
-logits for
-every position of a micro-batch, so their peak stays far below an [N, V] fp32 tensor and does not
-grow with the
-completion length beyond the chunk.
+logits for every position of a micro-batch, so their peak stays far below an [N, V] fp32 tensor and
+does not grow with the completion length beyond the chunk.
 
 Torch's CPU allocations are invisible to tracemalloc, so each measurement runs in a fresh subprocess
-that reads
-its own resident set from /proc/self/status: VmRSS before the call, VmHWM (peak) after it, with the
-peak reset
-just before the call (`echo 5 > /proc/self/clear_refs`, Linux >= 4.0).
+that reads its own resident set from /proc/self/status: VmRSS before the call, VmHWM (peak) after
+it, with the peak reset just before the call (`echo 5 > /proc/self/clear_refs`, Linux >= 4.0).
 """
 
 import json
@@ -51,11 +47,11 @@ torch.manual_seed(0)
 torch.set_num_threads(1)
 V, L, B = {vocab}, {length}, {seqs}
 cfg = Qwen2Config(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-num_attention_heads=4,
-                  num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=4096)
+                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                  max_position_embeddings=4096)
 model = Qwen2ForCausalLM(cfg).train()
 args = hdpo.parse_args(["--micro-batch-size", str(B), "--logit-chunk", "{chunk}",
-"--distill-weight", "1"])
+                        "--distill-weight", "1"])
 g = torch.Generator().manual_seed(1)
 rand = lambda n: torch.randint(0, V, (n,), generator=g).tolist()
 plain, priv = [rand(40) for _ in range(B)], [rand(60) for _ in range(B)]
@@ -63,8 +59,8 @@ comps = [rand(L) for _ in range(B)]
 seqs, pairs = list(zip(plain, comps)), list(zip(plain, priv, comps))
 adv = [1.0 if i % 2 else -1.0 for i in range(B)]
 n = B * L
-# warm-up on short completions: thread pools, autograd state and the .grad buffers exist before
-measuring
+# warm-up on short completions: thread pools, autograd state and the .grad buffers exist
+# before measuring
 hdpo.grpo_backward(model, [(p, c[:8]) for p, c in seqs], adv, 8 * B, args, "cpu")
 hdpo.jsd_backward(model, model, [(p, t, c[:8]) for p, t, c in pairs], 8 * B, args, "cpu")
 out = {{"grpo": peak_mb(lambda: hdpo.grpo_backward(model, seqs, adv, n, args, "cpu")),
@@ -92,8 +88,7 @@ def peaks():
 
 def test_peak_far_below_full_vocab_tensor(peaks):
     """At 1,024 completion tokens, each loss pass peaks far below one [N, V] fp32 tensor (N = all
-    positions
-    of the micro-batch), which the straightforward computation needs several of (logits,
+    positions of the micro-batch), which the straightforward computation needs several of (logits,
     log-softmax, grads)."""
     m = peaks[1024]
     for name in ("grpo", "jsd"):

@@ -72,9 +72,8 @@ def checkpoints(out):
 
 def fresh_process_rng():
     """A resumed run starts in a new process: whatever the global RNGs hold must not matter (the
-    checkpoint's
-    RNG state must be restored), so never let a resume inherit the previous in-process run's RNG
-    state."""
+    checkpoint's RNG state must be restored), so never let a resume inherit the previous in-process
+    run's RNG state."""
     import random
 
     import numpy as np
@@ -105,8 +104,8 @@ def straight(tiny_qwen_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def resumed(tiny_qwen_dir, tmp_path_factory):
     """2 steps (--save-every 3: only the end-of-run checkpoint), then --resume --max-steps 4 into
-    the same folder,
-    keeping 2 checkpoints. Returns the folder and what it held between the two runs."""
+    the same folder, keeping 2 checkpoints. Returns the folder and what it held between the two
+    runs."""
     out = tmp_path_factory.mktemp("resumed")
     flags = ("--save-every", "3", "--keep-checkpoints", "2")
     first = hdpo.train(
@@ -167,9 +166,8 @@ def test_end_of_run_checkpoint_holds_everything_a_resume_needs(resumed):
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(straight, resumed):
     """Steps 3-4 after --resume equal steps 3-4 of the straight run: rewards, losses, grad norms,
-    lr, every
-    logged field except timings; the same completions; the same final weights. metrics.jsonl has
-    each step once."""
+    lr, every logged field except timings; the same completions; the same final weights.
+    metrics.jsonl has each step once."""
     out, _, second = resumed
     want, got = read_jsonl(straight / "metrics.jsonl"), read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in got] == [1, 2, 3, 4] and second["steps"] == 4
@@ -217,10 +215,8 @@ def test_resume_from_an_older_checkpoint_path_drops_the_later_log_rows(
 
 def test_resume_from_an_older_checkpoint_discards_the_later_ones(resumed, tmp_path, tiny_qwen_dir):
     """--resume PATH at step 3 drops metrics rows after step 3, so the folder's step-4 checkpoint
-    now belongs
-    to an abandoned continuation: it must go too, or a later plain --resume picks it up and
-    metrics.jsonl
-    skips step 4."""
+    now belongs to an abandoned continuation: it must go too, or a later plain --resume picks it up
+    and metrics.jsonl skips step 4."""
     src, _, _ = resumed
     out = tmp_path / "again"
     shutil.copytree(src, out)
@@ -278,8 +274,7 @@ def test_resume_with_nothing_to_resume_is_a_clear_error(tiny_qwen_dir, tmp_path,
 
 def test_ctrl_c_finishes_the_step_and_saves_a_checkpoint(tiny_qwen_dir, tmp_path, monkeypatch):
     """SIGINT during step 1 of 4: train() finishes step 1, checkpoints it, writes no final model and
-    returns
-    (the subprocess SIGTERM test below resumes from such a checkpoint)."""
+    returns (the subprocess SIGTERM test below resumes from such a checkpoint)."""
     seen = []
     fallback = signal.signal(
         signal.SIGINT, lambda *a: seen.append("not handled by hdpo")
@@ -320,8 +315,7 @@ def cli_env():
 
 def test_sigterm_saves_a_checkpoint_that_resume_continues(tiny_qwen_dir, tmp_path):
     """`python hdpo.py ... --max-steps 1000`, SIGTERM after "step 1/": it finishes the step, writes
-    a
-    checkpoint and exits; --resume continues from it."""
+    a checkpoint and exits; --resume continues from it."""
     out = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -401,8 +395,7 @@ def test_sigterm_saves_a_checkpoint_that_resume_continues(tiny_qwen_dir, tmp_pat
 
 def nan_reward_for(calls):
     """hash_reward, except NaN for the first `calls` calls (a NaN group has no cliff, so a NaN step
-    makes
-    exactly P*G calls)."""
+    makes exactly P*G calls)."""
     n = [0]
 
     def reward(text, answer):
@@ -667,8 +660,7 @@ def short_demo(monkeypatch):
 
 def test_short_demo_resume_equals_uninterrupted(tmp_path, short_demo):
     """`hdpo.py --demo --arms hdpo --max-steps 4` vs `--max-steps 2` then `--resume --max-steps 4`
-    (the demo
-    shortened): steps 3-4 identical, every logged field but timings."""
+    (the demo shortened): steps 3-4 identical, every logged field but timings."""
     short_demo("--output-dir", str(tmp_path / "straight"), "--max-steps", "4")
     short_demo("--output-dir", str(tmp_path / "resumed"), "--max-steps", "2")
     fresh_process_rng()
@@ -706,8 +698,7 @@ def run_demo(out, *extra):
 )
 def test_demo_resume_equals_uninterrupted(tmp_path):
     """The issue's commands, unshortened: `python hdpo.py --demo --arms hdpo --max-steps 4` vs 2
-    steps then
-    `--resume --max-steps 4`: steps 3-4 identical."""
+    steps then `--resume --max-steps 4`: steps 3-4 identical."""
     want = run_demo(tmp_path / "straight", "--max-steps", "4")
     run_demo(tmp_path / "resumed", "--max-steps", "2")
     got = run_demo(tmp_path / "resumed", "--max-steps", "4", "--resume")
