@@ -47,7 +47,7 @@ DEMO_TRAINING = (
     ("lr", 2e-4),
     ("warmup_steps", 5),
     ("distill_weight", 1.0),
-    ("micro_batch_size", 64),
+    ("micro_batch_tokens", 8192),
     ("generation_batch_size", 256),
     ("eval_every", 0),
 )

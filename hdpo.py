@@ -33,6 +33,7 @@ the chat prompt in data.py, generation in engine.py, the chunked lm_head in lm_h
 import argparse
 import contextlib
 import copy
+import inspect
 import math
 import os
 import sys
@@ -41,6 +42,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+from transformers import DynamicCache
 
 from data import (
     DataError,
@@ -67,6 +69,7 @@ from plumbing import (
     init_distributed,
     load_model,
     log_step,
+    plan_memory,
     quiet_libraries,
     raise_if_failing,
     restore_checkpoint,
@@ -130,7 +133,12 @@ def build_parser():
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--warmup-steps", type=int, default=50, help="linear from 0.1x, then constant")
     g.add_argument("--max-grad-norm", type=float, default=1.0)
-    g.add_argument("--micro-batch-size", type=int, default=4, help="sequences per fwd/bwd")
+    g.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per forward/backward (default: CPU 1024; GPU from the memory model)",
+    )
     g.add_argument("--generation-batch-size", type=int, default=128, help="sequences per batch")
     g.add_argument(
         "--logit-chunk",
@@ -177,7 +185,7 @@ def parse_args(argv=None):
         (a.max_cliffs >= 0, "--max-cliffs must be >= 0"),
         (a.privileged_generations >= 1, "--privileged-generations must be >= 1"),
         (
-            min(a.micro_batch_size, a.generation_batch_size, a.logit_chunk or 1) >= 1,
+            min(a.micro_batch_tokens or 1, a.generation_batch_size, a.logit_chunk or 1) >= 1,
             "batch sizes must be >= 1",
         ),
         (min(a.warmup_steps, a.eval_every, a.save_every) >= 0, "step counts must be >= 0"),
@@ -201,6 +209,8 @@ def parse_args(argv=None):
     a.output_dir = a.output_dir or ("runs/demo" if a.demo else "runs/hdpo")
     if a.logit_chunk is None:  # GPU: big chunks keep kernels busy; CPU: 128 x 151,936 fp32 (78 MB)
         a.logit_chunk = 1024 if torch.cuda.is_available() else 128
+    if a.micro_batch_tokens is None and not torch.cuda.is_available():
+        a.micro_batch_tokens = 1024  # measured on CPU (benchmarks/profile_step.py); GPU: setup_run
     return a
 
 
@@ -272,46 +282,123 @@ def jsd_topk(student_logits, teacher_logits, k=64):
 
 
 # ----------------------------------------------------------------------------------------------
-# Memory-bounded gradients: hidden states only at the positions that predict completion tokens,
-# then the lm_head over chunks of positions into ONE reused [chunk, V] fp32 buffer (lm_head.py),
-# so a full-vocabulary fp32 tensor exists for one chunk at a time, never for a micro-batch.
+# Memory-bounded gradients. Three things keep a step's forward/backward small:
+# - a group's G rollouts share their prompt: it is forwarded once and its KV cache is repeated for
+#   the completions that continue it (the gradient reaches the prompt once, through that cache);
+# - micro-batches are packed by padded tokens (--micro-batch-tokens), longest first, so short
+#   rollouts are not padded to the longest one of the step;
+# - hidden states are kept only at the positions that predict completion tokens, and the lm_head
+#   runs over chunks of positions into ONE reused [chunk, V] fp32 buffer (lm_head.py), so a
+#   full-vocabulary fp32 tensor exists for one chunk at a time, never for a micro-batch.
 
 
-def completion_hidden(model, seqs, device):
-    """seqs: list of (prompt_ids, completion_ids). -> hidden [N, H] at the positions predicting
-    each completion token, and those tokens [N]; N = total completion tokens, sequence order."""
-    B, L = len(seqs), max(len(p) + len(c) for p, c in seqs)
-    ids = torch.zeros(B, L, dtype=torch.long)  # [B, L] right-padded
-    attn = torch.zeros(B, L, dtype=torch.long)  # [B, L]
-    rows, cols, targets = [], [], []
-    for b, (p, c) in enumerate(seqs):
-        ids[b, : len(p) + len(c)] = torch.tensor(list(p) + list(c))
-        attn[b, : len(p) + len(c)] = 1
-        rows += [b] * len(c)
-        cols += range(len(p) - 1, len(p) + len(c) - 1)
-        targets += list(c)
-    out = model.base_model(
-        input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False
-    )
-    rows, cols = torch.tensor(rows, device=device), torch.tensor(cols, device=device)  # [N], [N]
-    return out.last_hidden_state[rows, cols], torch.tensor(targets, device=device)  # [N, H], [N]
+def pack_micro_batches(prompt_lens, comp_lens, owner, budget, shared_prompt=True):
+    """Split sequences (completion i continues prompt owner[i]) into micro-batches of at most
+    `budget` padded tokens: p prompts of up to Lp tokens plus r completions of up to Lc tokens cost
+    p·Lp + r·Lc (shared prompt), or r·(Lp + Lc) when each sequence is forwarded whole. Groups go
+    longest first, a group's completions together where they fit. A sequence longer than the
+    budget is a micro-batch of its own. -> list of lists of sequence indices."""
+    total = lambda i: prompt_lens[owner[i]] + comp_lens[i]
+    longest = {}
+    for i in range(len(owner)):
+        longest[owner[i]] = max(longest.get(owner[i], 0), total(i))
+    order = sorted(range(len(owner)), key=lambda i: (-longest[owner[i]], owner[i], -comp_lens[i]))
+
+    def cost(seqs):
+        owners = {owner[i] for i in seqs}
+        lp, lc = max(prompt_lens[o] for o in owners), max(comp_lens[i] for i in seqs)
+        return len(owners) * lp + len(seqs) * lc if shared_prompt else len(seqs) * (lp + lc)
+
+    batches = [[]]
+    for i in order:
+        if batches[-1] and cost(batches[-1] + [i]) > budget:
+            batches.append([])
+        batches[-1].append(i)
+    return [b for b in batches if b]
+
+
+def right_padded(rows, device):
+    """Token lists -> ids [B, L] and attention mask [B, L], right-padded with 0."""
+    L = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), L, dtype=torch.long)  # [B, L]
+    attn = torch.zeros(len(rows), L, dtype=torch.long)  # [B, L]
+    for b, r in enumerate(rows):
+        ids[b, : len(r)], attn[b, : len(r)] = torch.tensor(r, dtype=torch.long), 1
+    return ids.to(device), attn.to(device)
+
+
+def completion_hidden(model, prompts, completions, owner, device, shared_prompt=True):
+    """Hidden states [N, H] at the positions that predict each completion token, and those tokens
+    [N]; N = all completion tokens, completion order then token order. Completion i continues
+    prompts[owner[i]]. With shared_prompt, each prompt is forwarded once (right-padded) and its KV
+    cache is repeated for its completions, which are forwarded on top of it; otherwise every
+    (prompt, completion) is forwarded whole. Both give the same values and gradients."""
+    base, targets = model.base_model, [t for c in completions for t in c]
+    if not shared_prompt:
+        hidden = base(*right_padded([prompts[o] + c for o, c in zip(owner, completions)], device),
+                      use_cache=False).last_hidden_state  # [B, L, H]  # fmt: skip
+        rows = [b for b, c in enumerate(completions) for _ in c]
+        cols = [len(prompts[o]) - 1 + j for o, c in zip(owner, completions) for j in range(len(c))]
+        return hidden[rows, cols], torch.tensor(targets, device=device)  # [N, H], [N]
+    used = sorted(set(owner))  # forward only the prompts this micro-batch continues
+    slot = {o: k for k, o in enumerate(used)}
+    p_ids, p_attn = right_padded([prompts[o] for o in used], device)  # [P, Lp]
+    cache = DynamicCache(config=model.config)
+    p_hidden = base(input_ids=p_ids, attention_mask=p_attn, use_cache=True,
+                    **{cache_kwarg(base): cache}).last_hidden_state  # [P, Lp, H]  # fmt: skip
+    rows = torch.tensor([slot[o] for o in owner], device=device)  # [B] prompt slot of each row
+    cache.batch_select_indices(rows)  # [B, heads, Lp, d] per layer: each row's prompt keys/values
+    c_ids, c_attn = right_padded(completions, device)  # [B, Lc]
+    c_pos = rows.new_tensor([len(prompts[o]) for o in owner])[:, None] + torch.arange(
+        c_ids.shape[1], device=device
+    )  # [B, Lc] positions right after each row's own prompt
+    c_hidden = base(input_ids=c_ids, attention_mask=torch.cat([p_attn[rows], c_attn], 1),
+                    position_ids=c_pos, use_cache=True,
+                    **{cache_kwarg(base): cache}).last_hidden_state  # [B, Lc, H]  # fmt: skip
+    # token 0 of a completion is predicted at its prompt's last position, token j at completion j-1
+    out = []
+    for b, (o, c) in enumerate(zip(owner, completions)):
+        out += [p_hidden[slot[o], len(prompts[o]) - 1][None], c_hidden[b, : len(c) - 1]]
+    return torch.cat(out), torch.tensor(targets, device=device)  # [N, H], [N]
+
+
+def cache_kwarg(model):
+    """The forward keyword of the KV cache: `cache` (transformers >= 5) or `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def grouped(prompts):
+    """Prompt id lists, one per sequence -> (distinct prompts, owner index of each sequence)."""
+    index, distinct = {}, []
+    for p in prompts:
+        if tuple(p) not in index:
+            index[tuple(p)] = len(distinct)
+            distinct.append(list(p))
+    return distinct, [index[tuple(p)] for p in prompts]
+
+
+def shares_prompts(model):
+    """Gradient checkpointing turns the KV cache off in training forwards (transformers), so with
+    it every sequence is forwarded whole."""
+    name = "is_activation_checkpointing"  # transformers >= 5; is_gradient_checkpointing before
+    return not getattr(model, name if hasattr(type(model), name) else "is_gradient_checkpointing")
 
 
 def grpo_backward(model, seqs, advantages, n_tokens, args, device, amp=contextlib.nullcontext):
     """Accumulate ∇ L_GRPO into .grad. seqs: (prompt_ids, completion_ids); advantages: one float
     per sequence; n_tokens: the step's global completion-token count (token-level loss). Returns
     this call's share of L_GRPO. Zero-advantage sequences are skipped: their gradient is 0."""
-    work = [(s, a) for s, a in zip(seqs, advantages) if a != 0]
+    work = [(p, c, a) for (p, c), a in zip(seqs, advantages) if a != 0]
+    prompts, owner = grouped([p for p, _, _ in work])
+    comps, shared = [c for _, c, _ in work], shares_prompts(model)
     total, head = 0.0, model.get_output_embeddings()
-    for i in range(0, len(work), args.micro_batch_size):
-        mb = work[i : i + args.micro_batch_size]
+    lens = [len(p) for p in prompts], [len(c) for c in comps]
+    for mb in pack_micro_batches(*lens, owner, args.micro_batch_tokens, shared):
         with amp():
-            hidden, targets = completion_hidden(model, [s for s, _ in mb], device)  # [N, H], [N]
-            adv = torch.tensor([a for (_, c), a in mb for _ in c], device=device)  # [N]
-            chunk = args.logit_chunk
-            target_logit, lse = head_gather_lse(
-                hidden, head, targets[:, None], chunk
-            )  # [N, 1], [N]
+            hidden, targets = completion_hidden(model, prompts, [comps[i] for i in mb],
+                                                [owner[i] for i in mb], device, shared)  # fmt: skip
+            adv = torch.tensor([work[i][2] for i in mb for _ in comps[i]], device=device)  # [N]
+            target_logit, lse = head_gather_lse(hidden, head, targets[:, None], args.logit_chunk)
             logp = target_logit[:, 0] - lse  # [N] log π(target)
             loss = grpo_token_loss(logp, logp.detach(), adv, args.clip_eps).sum() / n_tokens
         loss.backward()
@@ -324,14 +411,18 @@ def jsd_backward(model, teacher, pairs, n_tokens, args, device, amp=contextlib.n
     Teacher logits come from (x ⊕ y*, ȳ), student logits from (x, ȳ), aligned on ȳ's tokens.
     n_tokens: the step's global distillation-token count. Returns this call's share of L_JSD."""
     total, head, t_head = 0.0, model.get_output_embeddings(), teacher.get_output_embeddings()
-    for i in range(0, len(pairs), args.micro_batch_size):
-        mb = pairs[i : i + args.micro_batch_size]
+    plain, owner = grouped([x for x, _, _ in pairs])  # a cliff's rollouts share x and x ⊕ y*
+    hinted = [pairs[owner.index(k)][1] for k in range(len(plain))]
+    ys, shared = [y for _, _, y in pairs], shares_prompts(model)
+    lens = [max(len(x), len(t)) for x, t in zip(plain, hinted)], [len(y) for y in ys]
+    for mb in pack_micro_batches(*lens, owner, args.micro_batch_tokens, shared):
+        mb_ys, mb_owner = [ys[i] for i in mb], [owner[i] for i in mb]
         with torch.no_grad(), amp():  # the teacher carries no gradient (drifting or frozen)
-            t_hidden, _ = completion_hidden(teacher, [(t, y) for _, t, y in mb], device)  # [N, H]
+            t_hidden, _ = completion_hidden(teacher, hinted, mb_ys, mb_owner, device, shared)
             values, indices = head_topk(t_hidden, t_head, args.topk, args.logit_chunk)  # [N, k]
             del t_hidden
         with amp():
-            hidden, _ = completion_hidden(model, [(s, y) for s, _, y in mb], device)  # [N, H]
+            hidden, _ = completion_hidden(model, plain, mb_ys, mb_owner, device, shared)  # [N, H]
             logits_k, lse = head_gather_lse(hidden, head, indices, args.logit_chunk)  # [N, k], [N]
             jsd = jsd_from_logq(logits_k - lse[:, None], values)  # [N]
             loss = jsd.sum() / n_tokens
@@ -397,7 +488,6 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
             ]
             t_gen = time.time() - t0
             # line 6: ∇(L_GRPO + λ L_JSD), each loss divided by its global token count
-            run.optimizer.zero_grad(set_to_none=True)
             model.train()
             seqs = [(o["prompt_ids"], o["completion_ids"]) for o in rollouts]
             adv = advantages.flatten().tolist()
@@ -466,9 +556,9 @@ def optimizer_step(run, losses):
         run.optimizer.step()
         state["bad_steps"] = 0
     else:  # non-finite loss or gradient: no update, counted and logged
-        run.optimizer.zero_grad(set_to_none=True)
         state["bad_steps"] += 1
         state["skipped_steps"] += 1
+    run.optimizer.zero_grad(set_to_none=True)  # gradients freed before the next generation
     run.scheduler.step()
     state["step"] += 1
     return {
@@ -510,15 +600,12 @@ def setup_run(args, train_rows, val_rows, reward_fn):
     if ws > 1:  # every rank starts from rank 0's weights
         for t in model.state_dict().values():
             dist.broadcast(t, 0)
-    teacher = model  # drifting teacher: the current weights, used under no_grad
-    if args.teacher == "frozen" and args.distill_weight > 0:  # a copy of the initial weights
-        if ckpt:
-            teacher = load_model(os.path.join(ckpt, "teacher"), device=device, dtype=torch.float32)[
-                0
-            ]
-        else:
-            teacher = copy.deepcopy(model)
-        teacher.requires_grad_(False).eval()
+    teacher = build_teacher(args, model, ckpt, device)
+    if device.type == "cuda":  # size micro-batches (and checkpointing) to the card
+        teacher_bytes = 0 if teacher is model else sum(p.nbytes for p in teacher.parameters())
+        memory_line = plan_memory(args, model, amp, ws, teacher_bytes)
+        if rank == 0:
+            print(memory_line)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.lr, betas=tuple(args.adam_betas), eps=args.adam_eps,
         weight_decay=args.weight_decay,
@@ -556,6 +643,20 @@ def setup_run(args, train_rows, val_rows, reward_fn):
         reward_fn=reward_fn, train_rows=train_rows, val_rows=val_rows, state=state, paths=paths,
         gen=gen, n_tokens=n_tokens, t_start=time.time(), step_long_prompts=0,
     )  # fmt: skip
+
+
+def build_teacher(args, model, ckpt, device):
+    """Drifting: the policy itself (used under no_grad). Frozen: a copy of the initial weights
+    (restored from the checkpoint on --resume), in the compute dtype: bf16 on GPU, where it only
+    ever runs under bf16 autocast, fp32 on CPU."""
+    if args.teacher != "frozen" or args.distill_weight == 0:
+        return model
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if ckpt:
+        teacher = load_model(os.path.join(ckpt, "teacher"), device=device, dtype=dtype)[0]
+    else:
+        teacher = copy.deepcopy(model).to(dtype)
+    return teacher.requires_grad_(False).eval()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -420,3 +420,95 @@ def finish_run(run, stop):
         "skipped_steps": run.state["skipped_steps"],
         "interrupted": stop.signal is not None,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory model: what a training step holds on one GPU, to size micro-batches (and turn gradient
+# checkpointing on) before the first step rather than after an out-of-memory error.
+
+
+def activation_bytes_per_token(model, amp, probe=(128, 384)):
+    """Bytes autograd saves per token for one forward through the model's layers, measured: a
+    forward of probe[0] and of probe[1] random tokens with saved_tensors_hooks counting each saved
+    storage once; the difference over the token difference is the per-token slope (fixed parts,
+    such as autocast's weight copies, cancel)."""
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+
+    def saved_bytes(n):
+        seen = {}
+
+        def pack(t):
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+            return t
+
+        ids = torch.randint(0, vocab, (1, n), device=device)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), amp():
+            out = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        del out
+        return sum(b for ptr, b in seen.items() if ptr not in params)
+
+    was_training = model.training
+    model.train()
+    try:
+        return (saved_bytes(probe[1]) - saved_bytes(probe[0])) / (probe[1] - probe[0])
+    finally:
+        model.train(was_training)
+
+
+def fixed_training_bytes(n_params, vocab, logit_chunk, frozen_teacher_bytes, world_size):
+    """What a step holds whatever its length: fp32 weights, gradients and AdamW's two moments
+    (16 bytes a parameter), bf16 copies autocast makes of the weights (2), a frozen teacher, the
+    flat all-reduce buffer under torchrun (4), and the lm_head's [chunk, V] fp32 buffers (up to
+    three at a time: forward, backward, the teacher's top-k)."""
+    per_param = 16 + 2 + (4 if world_size > 1 else 0)
+    return n_params * per_param + frozen_teacher_bytes + 3 * logit_chunk * vocab * 4
+
+
+def plan_micro_batch_tokens(free_bytes, fixed_bytes, per_token, per_token_ckpt, longest,
+                            cap=65536, step=1024):  # fmt: skip
+    """The largest micro-batch (padded tokens, a multiple of `step`, at most `cap`) that fits in
+    free_bytes next to the fixed part, and whether gradient checkpointing is needed for one
+    sequence of `longest` tokens to fit. -> (tokens, checkpointing, fits)."""
+    for ckpt, per in ((False, per_token), (True, per_token_ckpt)):
+        tokens = min(cap, int((free_bytes - fixed_bytes) / per) // step * step)
+        if tokens >= longest:
+            return tokens, ckpt, True
+    return max(step, tokens), True, False
+
+
+def plan_memory(args, model, amp, world_size, teacher_bytes):
+    """On a GPU: measure the activations per token (with and without gradient checkpointing), add
+    the fixed part, and choose --micro-batch-tokens (unless given) and gradient checkpointing
+    (when one --max-seq-len sequence would not fit without it). -> one line for the console."""
+    device = next(model.parameters()).device
+    n_params = sum(p.numel() for p in model.parameters())
+    vocab = model.get_output_embeddings().weight.shape[0]
+    layers = model.config.get_text_config().num_hidden_layers
+    per_token = activation_bytes_per_token(model, amp)
+    model.gradient_checkpointing_enable()
+    per_token_ckpt = activation_bytes_per_token(model, amp) + per_token / layers  # + 1 layer redone
+    if not args.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    fixed = fixed_training_bytes(n_params, vocab, args.logit_chunk, teacher_bytes, world_size)
+    free, total = torch.cuda.mem_get_info(device)
+    budget = 0.9 * total - (total - free)  # 10% for the allocator's fragmentation and NCCL
+    tokens, ckpt, fits = plan_micro_batch_tokens(
+        budget, fixed, per_token, per_token_ckpt, args.max_seq_len
+    )
+    if args.micro_batch_tokens is None:
+        args.micro_batch_tokens = tokens
+    if ckpt and not args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        args.gradient_checkpointing = True
+    gib = lambda b: f"{b / 2**30:.1f} GiB"
+    line = (
+        f"memory: {gib(total)} card, fixed {gib(fixed)}, activations {per_token / 2**10:.0f} KiB/"
+        f"token ({per_token_ckpt / 2**10:.0f} with checkpointing) -> --micro-batch-tokens "
+        f"{args.micro_batch_tokens}, gradient checkpointing {'on' if ckpt else 'off'}"
+    )
+    if not fits:
+        line += f" | WARNING: one {args.max_seq_len}-token sequence may not fit in this card"
+    return line

@@ -58,7 +58,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
-DATA = os.path.join(HERE, "tests", "data", "math500.jsonl")
+DATASETS = {"math500": "math500.jsonl", "gsm8k": "gsm8k_test.jsonl"}
 RESULT_TAG = "BENCH_RESULT "
 
 
@@ -97,13 +97,11 @@ def reset_peak_rss():
         return False
 
 
-def load_rows(n):
-    with open(DATA) as f:
-        rows = [json.loads(ln) for ln in f if ln.strip()][:n]
-    return [
-        {"problem": r["problem"], "answer": str(r["answer"]), "solution": r.get("solution")}
-        for r in rows
-    ]
+def load_rows(n, dataset="math500"):
+    """The first n problems of tests/data's MATH-500 or GSM8K, as hdpo.train takes them."""
+    from data import load_problems
+
+    return load_problems(os.path.join(HERE, "tests", "data", DATASETS[dataset]), limit=n)
 
 
 def setup_torch(cfg):
@@ -131,7 +129,7 @@ def prompt_batch(tokenizer, cfg):
     does."""
     from eval import chat_prompt
 
-    rows = load_rows(cfg["prompts"])
+    rows = load_rows(cfg["prompts"], cfg["dataset"])
     texts = [chat_prompt(tokenizer, r["problem"]) for r in rows]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return rows, texts, [x for x in ids for _ in range(cfg["generations"])]
@@ -148,7 +146,7 @@ def hf_gen_config(tokenizer, cfg, greedy=False, min_new=True, **extra):
         top_k=0,
         top_p=1.0,
         max_new_tokens=cfg["new_tokens"],
-        min_new_tokens=cfg["new_tokens"] if min_new else None,
+        min_new_tokens=cfg["new_tokens"] if min_new and cfg["force_length"] else None,
         pad_token_id=tokenizer.pad_token_id or eos,
         eos_token_id=[eos, im_end],
         bos_token_id=None,
@@ -285,7 +283,7 @@ def child_trl(cfg):
         gradient_accumulation_steps=P * G // mb,
         num_generations=G,
         max_completion_length=cfg["new_tokens"],
-        generation_kwargs={"min_new_tokens": cfg["new_tokens"]},
+        generation_kwargs={"min_new_tokens": cfg["new_tokens"]} if cfg["force_length"] else None,
         loss_type="dapo",
         beta=0.0,
         temperature=1.0,
@@ -337,7 +335,7 @@ def child_trl(cfg):
             "generation_batch_size": P * G,
             "loss_type": "dapo",
             "beta": 0.0,
-            "min_new_tokens": cfg["new_tokens"],
+            "min_new_tokens": cfg["new_tokens"] if cfg["force_length"] else None,
         },
     }
 
@@ -364,8 +362,6 @@ def _hdpo_args(cfg, out, distill_weight, extra=()):
         out,
         "--samples-per-step",
         "0",
-        "--micro-batch-size",
-        str(cfg["micro_batch"]),
         *cfg.get("hdpo_flags", []),
         *extra,
     ]
@@ -421,7 +417,8 @@ def child_hdpo(cfg):
     out = tempfile.mkdtemp(prefix="bench_hdpo_")
     args = _hdpo_args(cfg, out, 0.0)
     seen = _watch_steps(hdpo)
-    hdpo.train(args, train_rows=load_rows(cfg["prompts"]), val_rows=[], reward_fn=bench_reward)
+    rows = load_rows(cfg["prompts"], cfg["dataset"])
+    hdpo.train(args, train_rows=rows, val_rows=[], reward_fn=bench_reward)
     return {
         **_read_metrics(out, cfg["warmup_steps"]),
         "step_cpu_s": seen["cpu"],
@@ -451,7 +448,8 @@ def child_hdpo_cliffs(cfg):
     out = tempfile.mkdtemp(prefix="bench_hdpo_cliffs_")
     args = _hdpo_args(cfg, out, cfg["distill_weight"])
     seen = _watch_steps(hdpo)
-    hdpo.train(args, train_rows=load_rows(cfg["prompts"]), val_rows=[], reward_fn=reward)
+    rows = load_rows(cfg["prompts"], cfg["dataset"])
+    hdpo.train(args, train_rows=rows, val_rows=[], reward_fn=reward)
     return {
         **_read_metrics(out, cfg["warmup_steps"]),
         "distill_weight": cfg["distill_weight"],
@@ -472,7 +470,7 @@ def child_memlen(cfg):
     model, tok = load(cfg)
     model.train()
     L = cfg["length"]
-    rows = load_rows(cfg["micro_batch"])
+    rows = load_rows(cfg["micro_batch"], cfg["dataset"])
     args = _hdpo_args(cfg, tempfile.mkdtemp(prefix="bench_memlen_"), 1.0)
     g = torch.Generator().manual_seed(0)
     V = model.config.vocab_size
@@ -739,6 +737,17 @@ def run_child(name, cfg, python, timeout, log):
     return {"error": err, "returncode": p.returncode}
 
 
+def model_description(model_dir):
+    """'<architecture>, vocab V, hidden H, L layers' from the folder's config.json."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        c = json.load(f)
+    arch = (c.get("architectures") or [c.get("model_type", "?")])[0]
+    return (
+        f"{arch} {model_dir}, vocab {c['vocab_size']:,}, hidden {c['hidden_size']}, "
+        f"{c['num_hidden_layers']} layers"
+    )
+
+
 def fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
@@ -755,7 +764,8 @@ def report(R, cfg):
     lines.append(
         f"setting: {cfg['prompts']} prompts x {cfg['generations']} rollouts x {cfg['new_tokens']} "
         "new tokens, "
-        "vocab 151,936, hidden 64, 2 layers, fp32 CPU; wall = median wall time, CPU = median "
+        f"{cfg['model_desc']}, {cfg['dataset']} prompts, fp32 CPU; wall = median wall time, "
+        "CPU = median "
         "process CPU time"
     )
     lines.append("")
@@ -913,8 +923,12 @@ def main(argv=None):
         "--threads", type=int, default=0, help="torch threads in every child (0: torch's default)"
     )
     p.add_argument(
-        "--model-dir", default=None, help="reuse this model folder instead of building one"
+        "--model-dir",
+        default=None,
+        help="a real model folder (e.g. SmolLM2-135M-Instruct); default: build the tiny random "
+        "Qwen2 with the real Qwen2.5 tokenizer",
     )
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="math500")
     p.add_argument(
         "--hdpo-flags",
         default="",
@@ -947,10 +961,13 @@ def main(argv=None):
     )
     cfg = {
         "model": model_dir,
+        "model_desc": model_description(model_dir),
         "prompts": 4,
         "generations": 8,
         "new_tokens": 64,
         "micro_batch": 4,
+        "dataset": a.dataset,
+        "force_length": a.model_dir is None,  # a random model: TRL also generates every token
         "threads": a.threads,
         "repeats": 1 if a.quick else 2,
         "steps": a.steps or (2 if a.quick else 3),

@@ -150,7 +150,16 @@ def small_model(seed=0, vocab=300):
 
 def loss_args(**kw):
     a = hdpo.parse_args(
-        ["--micro-batch-size", "2", "--logit-chunk", "5", "--topk", "16", "--distill-weight", "0.3"]
+        [
+            "--micro-batch-tokens",
+            "16",
+            "--logit-chunk",
+            "5",
+            "--topk",
+            "16",
+            "--distill-weight",
+            "0.3",
+        ]
     )
     for k, v in kw.items():
         setattr(a, k, v)
@@ -169,6 +178,23 @@ PAIRS = [
     ([7], [42, 7], [11, 12, 13, 14]),
     ([9, 9], [43, 9, 9], [15]),
 ]
+# Groups: rollouts that continue the same prompt (G per prompt in training), forwarded with one
+# shared prompt pass; a cliff's privileged rollouts share x and x ⊕ y*.
+GROUP_SEQS = [
+    ([5, 6, 7], [8, 9, 10, 11]),
+    ([5, 6, 7], [12]),
+    ([5, 6, 7], [13, 14, 15]),
+    ([20, 21], [24, 25, 26, 27, 28]),
+    ([20, 21], [29, 30]),
+    ([30], [31, 32]),
+]
+GROUP_ADV = [0.5, -1.0, 0.25, 2.0, -0.5, 1.0]
+GROUP_PAIRS = [
+    ([5, 6], [40, 41, 5, 6], [8, 9, 10]),
+    ([5, 6], [40, 41, 5, 6], [11]),
+    ([7], [42, 7], [11, 12, 13, 14]),
+    ([7], [42, 7], [15, 16]),
+]
 
 
 def grads(model):
@@ -185,14 +211,17 @@ def naive_logits(model, prompt, completion):
     return logits[len(prompt) - 1 : len(prompt) + len(completion) - 1]  # [|c|, V]
 
 
-def test_chunked_grpo_loss_and_gradient_equal_full_vocabulary_computation():
+@pytest.mark.parametrize(
+    "seqs, advs", [(SEQS, ADV), (GROUP_SEQS, GROUP_ADV)], ids=["alone", "groups"]
+)
+def test_chunked_grpo_loss_and_gradient_equal_full_vocabulary_computation(seqs, advs):
     model, args = small_model(), loss_args()
-    n = sum(len(c) for _, c in SEQS)
-    loss = hdpo.grpo_backward(model, SEQS, ADV, n, args, torch.device("cpu"))
+    n = sum(len(c) for _, c in seqs)
+    loss = hdpo.grpo_backward(model, seqs, advs, n, args, torch.device("cpu"))
     got = grads(model)
     model.zero_grad(set_to_none=True)
     ref = 0.0
-    for (p, c), a in zip(SEQS, ADV):
+    for (p, c), a in zip(seqs, advs):
         logp = naive_logits(model, p, c).log_softmax(-1).gather(-1, torch.tensor(c)[:, None])[:, 0]
         ratio = torch.exp(logp - logp.detach())
         ref = ref + (-torch.min(ratio * a, ratio.clamp(0.8, 1.2) * a)).sum() / n
@@ -202,14 +231,15 @@ def test_chunked_grpo_loss_and_gradient_equal_full_vocabulary_computation():
         assert torch.allclose(got[k], g, atol=1e-6), k
 
 
-def test_chunked_jsd_loss_and_gradient_equal_full_vocabulary_computation():
+@pytest.mark.parametrize("pairs", [PAIRS, GROUP_PAIRS], ids=["alone", "groups"])
+def test_chunked_jsd_loss_and_gradient_equal_full_vocabulary_computation(pairs):
     model, args = small_model(), loss_args()
-    n = sum(len(y) for *_, y in PAIRS)
-    loss = hdpo.jsd_backward(model, model, PAIRS, n, args, torch.device("cpu"))
+    n = sum(len(y) for *_, y in pairs)
+    loss = hdpo.jsd_backward(model, model, pairs, n, args, torch.device("cpu"))
     got = grads(model)
     model.zero_grad(set_to_none=True)
     ref = 0.0
-    for s, t, y in PAIRS:
+    for s, t, y in pairs:
         with torch.no_grad():
             tl = naive_logits(model, t, y)
         ref = ref + full_jsd_float64(naive_logits(model, s, y), tl, args.topk).sum() / n
@@ -219,18 +249,54 @@ def test_chunked_jsd_loss_and_gradient_equal_full_vocabulary_computation():
         assert torch.allclose(got[k], g, atol=1e-6), k
 
 
-@pytest.mark.parametrize("micro_batch_size", [1, 3])
-def test_step_gradient_does_not_depend_on_micro_batch_size(micro_batch_size):
-    def run(mbs):
+@pytest.mark.parametrize("micro_batch_tokens", [1, 9, 20])
+def test_step_gradient_does_not_depend_on_micro_batch_tokens(micro_batch_tokens):
+    def run(tokens):
         model = small_model()
-        args = loss_args(micro_batch_size=mbs)
-        hdpo.grpo_backward(model, SEQS, ADV, 14, args, torch.device("cpu"))
-        hdpo.jsd_backward(model, model, PAIRS, 8, args, torch.device("cpu"))
+        args = loss_args(micro_batch_tokens=tokens)
+        hdpo.grpo_backward(model, SEQS + GROUP_SEQS, ADV + GROUP_ADV, 31, args, "cpu")
+        hdpo.jsd_backward(model, model, PAIRS + GROUP_PAIRS, 18, args, "cpu")
         return grads(model)
 
-    a, b = run(len(SEQS)), run(micro_batch_size)
+    a, b = run(10**6), run(micro_batch_tokens)  # one micro-batch vs several
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-7), k
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 12, 40])
+def test_micro_batches_hold_every_sequence_once_within_the_token_budget(tokens):
+    prompts, owner = hdpo.grouped([p for p, _ in GROUP_SEQS + SEQS])
+    comp_lens = [len(c) for _, c in GROUP_SEQS + SEQS]
+    prompt_lens = [len(p) for p in prompts]
+    for shared in (True, False):
+        batches = hdpo.pack_micro_batches(prompt_lens, comp_lens, owner, tokens, shared)
+        assert sorted(i for b in batches for i in b) == list(range(len(owner)))
+        for b in batches:
+            lp = max(prompt_lens[owner[i]] for i in b)
+            lc = max(comp_lens[i] for i in b)
+            n_prompts = len({owner[i] for i in b})
+            cost = n_prompts * lp + len(b) * lc if shared else len(b) * (lp + lc)
+            assert cost <= tokens or len(b) == 1  # a too-long sequence goes alone
+        longest = [max(prompt_lens[o] + c for o, c in zip(owner, comp_lens) if o == owner[b[0]])
+                   for b in batches]  # fmt: skip
+        assert longest == sorted(longest, reverse=True)  # longest groups first: little padding
+
+
+def test_shared_prompt_forward_equals_forwarding_each_rollout_whole():
+    """One prompt pass whose KV cache the G rollouts continue gives the same hidden states and
+    the same gradient as forwarding every (prompt, rollout) sequence whole."""
+    prompts, owner = hdpo.grouped([p for p, _ in GROUP_SEQS])
+    comps = [c for _, c in GROUP_SEQS]
+    out = {}
+    for shared in (True, False):
+        model = small_model()
+        hidden, targets = hdpo.completion_hidden(model, prompts, comps, owner, "cpu", shared)
+        (hidden * torch.linspace(-1, 1, hidden.shape[-1])).sum().backward()
+        out[shared] = hidden.detach(), targets, grads(model)
+    assert torch.equal(out[True][1], out[False][1])
+    assert torch.allclose(out[True][0], out[False][0], atol=1e-5)
+    for k, g in out[False][2].items():
+        assert torch.allclose(out[True][2][k], g, atol=1e-5), k
 
 
 def test_cliff_prompt_gets_no_grpo_gradient_and_a_nonzero_hdpo_gradient():

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 # a smaller vocabulary than Qwen's keeps this fast; the claim is about shapes, not the number
 VOCAB = 32768
 CHUNK = 128  # --logit-chunk: positions per lm_head chunk
-SEQS = 2  # sequences in the micro-batch (--micro-batch-size)
+SEQS = 2  # sequences in the micro-batch (one micro-batch: --micro-batch-tokens is large)
 
 CHILD = r"""
 import json, sys, torch
@@ -50,7 +50,7 @@ cfg = Qwen2Config(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidde
                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                   max_position_embeddings=4096)
 model = Qwen2ForCausalLM(cfg).train()
-args = hdpo.parse_args(["--micro-batch-size", str(B), "--logit-chunk", "{chunk}",
+args = hdpo.parse_args(["--micro-batch-tokens", "1000000", "--logit-chunk", "{chunk}",
                         "--distill-weight", "1"])
 g = torch.Generator().manual_seed(1)
 rand = lambda n: torch.randint(0, V, (n,), generator=g).tolist()
@@ -102,3 +102,60 @@ def test_peak_does_not_grow_with_length_beyond_the_chunk(peaks):
     for name in ("grpo", "jsd"):
         grew = long[name] - short[name]
         assert grew < 0.25 * (long["full_mb"] - short["full_mb"]), (name, short, long)
+
+
+# ---------------------------------------------------------------- the memory model (GPU planning)
+
+
+def test_activation_bytes_per_token_is_measured_and_checkpointing_shrinks_it():
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from plumbing import activation_bytes_per_token
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model = Qwen2ForCausalLM(cfg)
+    plain = activation_bytes_per_token(model, __import__("contextlib").nullcontext)
+    # at least every layer's fp32 input and MLP activations are saved for each token
+    assert plain > cfg.num_hidden_layers * (cfg.hidden_size + cfg.intermediate_size) * 4
+    model.gradient_checkpointing_enable()
+    ckpt = activation_bytes_per_token(model, __import__("contextlib").nullcontext)
+    assert 0 < ckpt < plain / 3  # only each layer's input is kept
+
+
+def test_micro_batch_plan_fits_the_budget_and_turns_checkpointing_on_only_when_needed():
+    from plumbing import plan_micro_batch_tokens
+
+    GB = 10**9
+    tokens, ckpt, fits = plan_micro_batch_tokens(80 * GB, 30 * GB, 3.5e6, 0.5e6, 4096)
+    assert (ckpt, fits) == (False, True) and 4096 <= tokens and tokens * 3.5e6 <= 50 * GB
+    assert tokens % 1024 == 0
+    tokens, ckpt, fits = plan_micro_batch_tokens(40 * GB, 30 * GB, 3.5e6, 0.5e6, 4096)
+    assert (ckpt, fits) == (True, True) and tokens * 0.5e6 <= 10 * GB  # 10 GB left: checkpoint
+    assert plan_micro_batch_tokens(31 * GB, 30 * GB, 3.5e6, 0.5e6, 4096)[1:] == (True, False)
+
+
+def test_plan_memory_sets_micro_batch_tokens_and_reports(monkeypatch, tmp_path):
+    """plan_memory as setup_run calls it on a GPU (the card's free memory stubbed): it measures,
+    chooses --micro-batch-tokens unless given, and turns checkpointing on for a small card."""
+    import contextlib
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import hdpo
+    from plumbing import plan_memory
+
+    cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model = Qwen2ForCausalLM(cfg)
+    for card, want_ckpt in ((2 * 10**9, False), (1.8e7, True)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d, c=card: (c, c))
+        args = hdpo.parse_args(["--max-seq-len", "1024"])
+        args.micro_batch_tokens = None
+        line = plan_memory(args, model, contextlib.nullcontext, 1, 0)
+        assert args.micro_batch_tokens >= 1024 and args.gradient_checkpointing == want_ckpt, line
+        assert f"--micro-batch-tokens {args.micro_batch_tokens}" in line
+        model.gradient_checkpointing_disable()
