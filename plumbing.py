@@ -160,16 +160,25 @@ def all_sum(values, device):
     return t.tolist()
 
 
-def all_reduce_grads(model):
-    """Sum .grad over ranks (missing grads count as zeros) with one flat all-reduce."""
+def all_reduce_grads(model, bucket_elements=2**26):
+    """Sum .grad over ranks (missing grads count as zeros): gradients are packed into flat buckets
+    of at most bucket_elements (256 MB in fp32) and all-reduced bucket by bucket, so the extra
+    memory is one bucket, not a copy of every gradient."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    if world()[1] > 1:
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        torch.nn.utils.vector_to_parameters(flat, [p.grad for p in params])
+    if world()[1] == 1:
+        return
+    bucket, size = [], 0
+    for i, p in enumerate(params):
+        bucket.append(p.grad)
+        size += p.grad.numel()
+        if size >= bucket_elements or i == len(params) - 1:
+            flat = torch.cat([g.reshape(-1) for g in bucket])  # [size]
+            dist.all_reduce(flat)
+            torch.nn.utils.vector_to_parameters(flat, bucket)
+            bucket, size = [], 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,10 +470,10 @@ def activation_bytes_per_token(model, amp, probe=(128, 384)):
 def fixed_training_bytes(n_params, vocab, logit_chunk, frozen_teacher_bytes, world_size):
     """What a step holds whatever its length: fp32 weights, gradients and AdamW's two moments
     (16 bytes a parameter), bf16 copies autocast makes of the weights (2), a frozen teacher, the
-    flat all-reduce buffer under torchrun (4), and the lm_head's [chunk, V] fp32 buffers (up to
+    all-reduce bucket under torchrun (256 MB), and the lm_head's [chunk, V] fp32 buffers (up to
     three at a time: forward, backward, the teacher's top-k)."""
-    per_param = 16 + 2 + (4 if world_size > 1 else 0)
-    return n_params * per_param + frozen_teacher_bytes + 3 * logit_chunk * vocab * 4
+    bucket = 2**28 if world_size > 1 else 0
+    return n_params * 18 + frozen_teacher_bytes + bucket + 3 * logit_chunk * vocab * 4
 
 
 def plan_micro_batch_tokens(free_bytes, fixed_bytes, per_token, per_token_ckpt, longest,

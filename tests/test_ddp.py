@@ -136,8 +136,12 @@ def init_gloo():
 
 
 def worker_grad(out_dir):
+    import functools
+
     rank, ws = init_gloo()
     assert ws == 2 and hdpo.world() == (rank, 2)
+    # small all-reduce buckets: the small model's gradients travel in many of them
+    hdpo.all_reduce_grads = functools.partial(hdpo.all_reduce_grads, bucket_elements=3000)
     res = {f"{c}/{t}": case_gradients(c, t, rank) for c in CASES for t in TEACHERS}
     torch.save(res, os.path.join(out_dir, f"grads-{rank}.pt"))
 
