@@ -12,8 +12,9 @@ the same model's answer-hinted (privileged) solutions into it on exactly those p
    without the hint: those are cliffs that a lucky rollout rarely opens for GRPO. Saved to
    <output-dir>/warm_start.
 3. Two arms from that folder, same seed and steps, through hdpo.train (the code that trains the
-   real model): GRPO (λ = 0) and HDPO (λ > 0).
-4. The same measurements for both arms: cliff fraction of the training prompts (G fresh samples
+   real model): GRPO (λ = 0) and HDPO (λ > 0). `--arms all` adds a third, hdpo_reinject: HDPO
+   with re-injection of distilled cliff prompts (PAPER.md, future work; DEMO_REINJECT).
+4. The same measurements for every arm: cliff fraction of the training prompts (G fresh samples
    at temperature 1, all wrong) before and after, and held-out greedy / pass@1,4,8 (eval.evaluate).
    Writes <output-dir>/demo_summary.json, <arm>/metrics.jsonl (hdpo.train) and demo.png.
 
@@ -51,6 +52,15 @@ DEMO_TRAINING = (
     ("generation_batch_size", 256),
     ("eval_every", 0),
 )
+# The third arm, hdpo_reinject: HDPO with re-injection (PAPER.md, future work), for the flags the
+# user did not give; the grpo and hdpo arms always run with it off. Chosen once, by reasoning,
+# before any result was seen: the demo's stream shows each of its 96 prompts once every 6 steps
+# (16 per step), so a re-injection only adds a visit if it comes well before that: D = 2, the
+# step after the next, when the distilled update has been followed by one more; M = 4, a quarter
+# of the 16-prompt batch, so at least 12 prompts a step stay fresh.
+DEMO_REINJECT = (("reinject_delay", 2), ("reinject_max", 4))
+ARM_SETS = {"both": ("grpo", "hdpo"), "all": ("grpo", "hdpo", "hdpo_reinject")}
+ALL_ARMS = ARM_SETS["all"]
 # Task and warm start (demo only, not flags).
 LEVELS = (
     "a+b",
@@ -291,7 +301,7 @@ def demo_args(args, parser, argv=None):
     every flag left at its paper default). Returns (args, names of the flags the demo set)."""
     a, changed = copy.copy(args), []
     given = explicit_flags(parser, argv) if argv is not None else None
-    for name, value in DEMO_TRAINING:
+    for name, value in DEMO_TRAINING + DEMO_REINJECT:
         if (
             (name not in given)
             if given is not None
@@ -334,11 +344,13 @@ def measure(model, tokenizer, train, heldout, a):
 
 
 def run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train):
-    """hdpo.train from the warm start (λ = 0 for grpo), then the same measurements as at the
-    start."""
+    """hdpo.train from the warm start (λ = 0 for grpo; re-injection only for hdpo_reinject), then
+    the same measurements as at the start."""
     arm_args = copy.copy(a)
     arm_args.output_dir, arm_args.model = os.path.join(a.output_dir, arm), warm_dir
     arm_args.distill_weight = 0.0 if arm == "grpo" else a.distill_weight
+    if arm != "hdpo_reinject":
+        arm_args.reinject_delay = 0  # off: the grpo and hdpo arms are the paper's methods
     if arm_args.resume == "latest" and not os.path.isdir(
         os.path.join(arm_args.output_dir, "checkpoints")
     ):
@@ -348,7 +360,10 @@ def run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train):
         shutil.rmtree(arm_args.output_dir, ignore_errors=True)
     if ws > 1:  # torchrun: no rank starts the arm before rank 0 has cleared its folder
         torch.distributed.barrier()
-    print(f"\n=== {arm.upper()} (λ = {arm_args.distill_weight}) ===", flush=True)
+    again = (
+        f", re-injection D={a.reinject_delay} M={a.reinject_max}" if arm_args.reinject_delay else ""
+    )
+    print(f"\n=== {arm.upper()} (λ = {arm_args.distill_weight}{again}) ===", flush=True)
     t0 = time.time()
     res = hdpo_train(arm_args, train, heldout)  # validation on held-out only with --eval-every
     time_s = time.time() - t0
@@ -359,6 +374,7 @@ def run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train):
     )
     end = measure(model, tokenizer, train, heldout, a)
     return {
+        **reinject_totals(arm_args),
         "distill_weight": arm_args.distill_weight,
         "steps": res["steps"],
         "time_s": round(time_s, 1),
@@ -368,6 +384,26 @@ def run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train):
         "cliff_fraction_by_level_end": end["cliff_fraction_by_level"],
         "heldout": end["heldout"],
         "heldout_start": start["heldout"],
+    }
+
+
+def reinject_totals(arm_args):
+    """An arm with re-injection: its delay and cap, and its metrics.jsonl summed over the steps
+    (re-injected prompts, solved, cliffs again, queued) with the queue's length at the end."""
+    path = os.path.join(arm_args.output_dir, "metrics.jsonl")
+    if not arm_args.reinject_delay or not os.path.exists(path):  # (rank 0 writes metrics.jsonl)
+        return {}
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    keys = ("reinjected", "reinjected_solved", "reinjected_cliffs", "reinject_queued")
+    totals = {k: sum(r[k] for r in rows) for k in keys}
+    return {
+        "reinject": {
+            "delay": arm_args.reinject_delay,
+            "max": arm_args.reinject_max,
+            **totals,
+            "queue_end": rows[-1]["reinject_queue"] if rows else 0,
+        }
     }
 
 
@@ -387,14 +423,24 @@ def print_table(summary):
         ("steps", "{}", lambda s: s["steps"]),
     ]
     heads = [f"{arm.upper()} (λ={summary[arm]['distill_weight']:g})" for arm in arms]
-    print("\n" + " " * 24 + "".join(f"{h:>16}" for h in heads))
+    w = max(16, *(len(h) + 2 for h in heads))
+    print("\n" + " " * 24 + "".join(f"{h:>{w}}" for h in heads))
     for label, fmt, get in lines:
-        print(f"{label:24}" + "".join(f"{fmt.format(get(summary[arm])):>16}" for arm in arms))
-    if len(arms) == 2:
-        d = summary["grpo"]["cliff_fraction_end"] - summary["hdpo"]["cliff_fraction_end"]
+        print(f"{label:24}" + "".join(f"{fmt.format(get(summary[arm])):>{w}}" for arm in arms))
+    end = {arm: s["cliff_fraction_end"] for arm, s in summary.items()}
+    if "grpo" in end and "hdpo" in end:
+        d = end["grpo"] - end["hdpo"]
         print(
             f"\nHDPO ends with {d:+.3f} fewer of the training prompts as cliffs than GRPO "
             "(absolute)."
+        )
+    if "hdpo" in end and "hdpo_reinject" in end:
+        r = summary["hdpo_reinject"].get("reinject", {})
+        print(
+            f"HDPO with re-injection (D={r.get('delay')}, M={r.get('max')}: "
+            f"{r.get('reinjected')} prompts re-injected, {r.get('reinjected_solved')} of them "
+            f"solved at least once, {r.get('reinjected_cliffs')} cliffs again) ends with "
+            f"{end['hdpo'] - end['hdpo_reinject']:+.3f} fewer cliffs than HDPO (absolute)."
         )
 
 
@@ -453,7 +499,7 @@ def run_demo(args, argv, hdpo_train, parser):
     does not import hdpo.py, which imports it for --demo)."""
     t0 = time.time()
     a, changed = demo_args(args, parser, argv)
-    arms = ("grpo", "hdpo") if a.arms == "both" else (a.arms,)
+    arms = ARM_SETS.get(a.arms, (a.arms,))
     random.seed(a.seed), torch.manual_seed(a.seed)
     train, heldout, warm = make_task(a.seed)
     warm_dir = os.path.join(a.output_dir, "warm_start")
@@ -465,8 +511,10 @@ def run_demo(args, argv, hdpo_train, parser):
     print(
         "settings: "
         + ", ".join(
-            f"{k}={getattr(a, k)}{'' if k in changed else ' (yours)'}" for k, _ in DEMO_TRAINING
+            f"{k}={getattr(a, k)}{'' if k in changed else ' (yours)'}"
+            for k, _ in DEMO_TRAINING + DEMO_REINJECT
         )
+        + " (re-injection: hdpo_reinject arm only)"
     )
     print(f"model: {dict(MODEL)}; warm start: {dict(WARM)}")
     rank, ws = world()
@@ -491,15 +539,15 @@ def run_demo(args, argv, hdpo_train, parser):
     )
     path = os.path.join(a.output_dir, "demo_summary.json")
     summary = {}
-    if len(arms) == 1 and os.path.exists(path):  # one arm: keep the other arm's last result
+    if len(arms) == 1 and os.path.exists(path):  # one arm: keep the other arms' last results
         with open(path) as f:
-            summary = {k: v for k, v in json.load(f).items() if k in ("grpo", "hdpo")}
+            summary = {k: v for k, v in json.load(f).items() if k in ALL_ARMS}
     for arm in arms:
         summary[arm] = run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train)
         summary[arm]["settings"] = {
             k: getattr(a, k) for k, _ in DEMO_TRAINING if k != "distill_weight"
-        }
-    summary = {arm: summary[arm] for arm in ("grpo", "hdpo") if arm in summary}
+        }  # (the hdpo_reinject arm's delay and cap are in its "reinject" field)
+    summary = {arm: summary[arm] for arm in ALL_ARMS if arm in summary}
     if rank != 0:  # torchrun: rank 0 writes the summary and the plot
         return summary
     with open(path, "w") as f:

@@ -125,6 +125,21 @@ def build_parser():
     g.add_argument(
         "--privileged", choices=["answer", "solution"], default="answer", help="what x ⊕ y* adds"
     )
+    g = p.add_argument_group(
+        "re-injection (PAPER.md, future work: 'expand, then sharpen'; off by default)"
+    )
+    g.add_argument(
+        "--reinject-delay",
+        type=int,
+        default=0,
+        help="D: a distilled cliff prompt returns to an RL batch D steps later (0: off)",
+    )
+    g.add_argument(
+        "--reinject-max",
+        type=int,
+        default=8,
+        help="M: re-injected prompts per step at most, oldest first (in place of fresh ones)",
+    )
     g = p.add_argument_group("optimisation (Algorithm 1, line 7)")
     g.add_argument("--max-steps", type=int, default=2000)
     g.add_argument("--lr", type=float, default=1e-6)
@@ -164,7 +179,12 @@ def build_parser():
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     g = p.add_argument_group("offline demo")
     g.add_argument("--demo", action="store_true", help="tiny model, synthetic task, GRPO vs HDPO")
-    g.add_argument("--arms", choices=["grpo", "hdpo", "both"], default="both")
+    g.add_argument(
+        "--arms",
+        choices=["grpo", "hdpo", "hdpo_reinject", "both", "all"],
+        default="both",
+        help="both: grpo and hdpo; all: also hdpo_reinject (HDPO with re-injection)",
+    )
     return p
 
 
@@ -184,6 +204,8 @@ def parse_args(argv=None):
         (a.max_seq_len >= 2, "--max-seq-len must be >= 2"),
         (a.max_cliffs >= 0, "--max-cliffs must be >= 0"),
         (a.privileged_generations >= 1, "--privileged-generations must be >= 1"),
+        (a.reinject_delay >= 0, "--reinject-delay must be >= 0 (0 turns re-injection off)"),
+        (a.reinject_max >= 1, "--reinject-max must be >= 1"),
         (
             min(a.micro_batch_tokens or 1, a.generation_batch_size, a.logit_chunk or 1) >= 1,
             "batch sizes must be >= 1",
@@ -237,6 +259,31 @@ def find_cliffs(rewards):
 def r1_filter(completions, answers, reward_fn):
     """Algorithm 1, line 5: keep the privileged rollouts whose reward is 1. -> list of bool."""
     return [reward_fn(c, a) >= 1 for c, a in zip(completions, answers)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Re-injection (PAPER.md, "Future work the paper names": re-inject former cliff prompts into RL
+# after a delay, "expand, then sharpen"). Distillation expands what the model can do on a cliff
+# prompt; --reinject-delay steps later the prompt returns to an RL batch, where GRPO gets a
+# gradient from it as soon as one of its G rollouts succeeds. The queue is a list of
+# (step distilled, training-row index), oldest first. Pure functions on lists.
+
+
+def reinject_take(queue, step, delay, cap):
+    """The prompts due at `step` (distilled at step s with s + delay <= step), oldest first, at
+    most `cap`. -> (their training-row indices, the queue without them)."""
+    by_age = sorted(range(len(queue)), key=lambda k: queue[k][0])  # stable: queue order on ties
+    due = [k for k in by_age if queue[k][0] + delay <= step][:cap]
+    taken = set(due)
+    return [queue[k][1] for k in due], [e for k, e in enumerate(queue) if k not in taken]
+
+
+def reinject_enqueue(queue, indices, step):
+    """Append (step, i) for each training-row index i distilled at `step`, in order. A prompt
+    still queued (drawn again from the stream and distilled again before its re-injection) keeps
+    its place: one entry per prompt. -> the new queue."""
+    queued = {i for _, i in queue}
+    return queue + [(step, i) for i in dict.fromkeys(indices) if i not in queued]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,6 +541,9 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
             losses = step_gradients(model, run.teacher, seqs, adv, pairs, args, device, amp)
             # line 7: θ ← θ − α ∇ (AdamW; clipped; no update if the loss or gradient is not finite)
             update = optimizer_step(run, losses)
+            # Expand, then sharpen (PAPER.md, future work; --reinject-delay): the cliff prompts
+            # distilled in this update, gathered from every rank, queue for re-injection
+            requeue_distilled(run, owners, priv_ok, update)
 
             # Bookkeeping: statistics, validation, logs, checkpoint (not part of the algorithm).
             row = step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losses)
@@ -510,17 +560,56 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
 
 def next_prompts(run):
     """Algorithm 1, line 1: the step's prompts from the shuffled stream, this rank's shard; a
-    prompt must leave room for a completion under --max-seq-len. -> (rows, chat prompts)."""
+    prompt must leave room for a completion under --max-seq-len. -> (rows, chat prompts).
+    With --reinject-delay, the prompts due for re-injection fill the last places of the step's
+    global list and the fresh prompts they replace are deferred, not dropped: the stream advances
+    by the fresh prompts used, so every training prompt is still drawn once per pass."""
     args, rank, ws = run.args, run.rank, run.world_size
-    idx = prompt_stream(
-        len(run.train_rows), run.state["data_pos"], args.prompts_per_step, args.seed
-    )
-    run.state["data_pos"] += args.prompts_per_step
+    again = reinject_due(run)  # [] without --reinject-delay: then exactly the fresh stream
+    fresh = args.prompts_per_step - len(again)
+    idx = prompt_stream(len(run.train_rows), run.state["data_pos"], fresh, args.seed) + again
+    run.state["data_pos"] += fresh
     batch = [run.train_rows[i] for i in idx[rank::ws]]  # this rank's shard of the step's prompts
     prompts = [chat_prompt(run.tokenizer, r["problem"]) for r in batch]
     keep = [run.n_tokens(p) < args.max_seq_len for p in prompts]
     run.step_long_prompts = keep.count(False)  # skipped, counted in metrics.jsonl
+    run.step_rows = [i for i, k in zip(idx[rank::ws], keep) if k]  # training-row index per prompt
+    run.step_reinjected = [j >= fresh for j, k in zip(range(len(idx))[rank::ws], keep) if k]
     return [r for r, k in zip(batch, keep) if k], [p for p, k in zip(prompts, keep) if k]
+
+
+def reinject_due(run):
+    """The coming step's re-injected prompts (training-row indices), taken off the queue: at most
+    min(--reinject-max, --prompts-per-step), distilled at least --reinject-delay steps ago. The
+    queue is the same on every rank, so every rank takes the same prompts."""
+    args, state = run.args, run.state
+    if not args.reinject_delay:
+        return []
+    cap = min(args.reinject_max, args.prompts_per_step)
+    again, state["reinject_queue"] = reinject_take(
+        state["reinject_queue"], state["step"] + 1, args.reinject_delay, cap
+    )
+    return again
+
+
+def requeue_distilled(run, owners, priv_ok, update):
+    """The cliff prompts whose distillation ran in this step's update (at least one R = 1
+    privileged rollout distilled, and the update was applied) join the re-injection queue with
+    this step's number. Every rank's are gathered (rank order, then batch order) and every rank
+    enqueues the same list, so the queue is global and identical on every rank (rank 0's copy,
+    saved in the checkpoint, is every rank's)."""
+    run.step_queued = 0
+    if not run.args.reinject_delay:
+        return
+    ok_owners = [i for i, ok in zip(owners, priv_ok) if ok]
+    distilled = [] if update["skipped"] else [run.step_rows[i] for i in ok_owners]
+    if run.world_size > 1:
+        gathered = [None] * run.world_size
+        dist.all_gather_object(gathered, distilled)
+        distilled = [i for g in gathered for i in g]
+    queue = run.state["reinject_queue"]
+    run.state["reinject_queue"] = reinject_enqueue(queue, distilled, run.state["step"])
+    run.step_queued = len(run.state["reinject_queue"]) - len(queue)
 
 
 def privileged_rollouts(run, batch, cliffs):
@@ -616,6 +705,7 @@ def setup_run(args, train_rows, val_rows, reward_fn):
     eos_ids = eos_token_ids(tokenizer, model)
     state = {"step": 0, "data_pos": 0, "bad_steps": 0, "skipped_steps": 0, "best": {}}
     state["skipped_long_prompts"] = 0  # plain or privileged prompts with no room to generate
+    state["reinject_queue"] = []  # (step distilled, training-row index), global (--reinject-delay)
     paths = {k: os.path.join(args.output_dir, k + ".jsonl") for k in ("metrics", "samples", "eval")}
     if ckpt:
         restore_checkpoint(ckpt, optimizer, scheduler, state, args.seed)
@@ -693,6 +783,25 @@ def step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losse
         "loss": loss_grpo + run.args.distill_weight * loss_jsd,
         "skipped_long_prompts": run.state["skipped_long_prompts"],
         "world_size": run.world_size,
+        **reinject_statistics(run, rewards, cliffs),  # only with --reinject-delay
+    }
+
+
+def reinject_statistics(run, rewards, cliffs):
+    """With --reinject-delay: the step's re-injected prompts, how many of them were solved (at
+    least one correct rollout) and how many were cliffs again (summed over ranks); the prompts
+    queued this step and the queue's length after it (global already)."""
+    if not run.args.reinject_delay:
+        return {}
+    again = torch.tensor(run.step_reinjected, dtype=torch.bool)  # [P] re-injected prompts
+    local = [again.sum(), (again & (rewards.sum(1) > 0)).sum(), (again & cliffs).sum()]
+    n, solved, cliff_again = all_sum(local, run.device)
+    return {
+        "reinjected": int(n),
+        "reinjected_solved": int(solved),
+        "reinjected_cliffs": int(cliff_again),
+        "reinject_queued": run.step_queued,
+        "reinject_queue": len(run.state["reinject_queue"]),
     }
 
 

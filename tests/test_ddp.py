@@ -231,6 +231,30 @@ def worker_train_long_val(model_dir, out_dir):
     hdpo.train(args, train_rows=rows(8), val_rows=rows(3) + [long_row()], reward_fn=hash_reward)
 
 
+def worker_reinject(model_dir, out_dir):
+    """hdpo.train on 2 ranks with re-injection (delay 1, at most 2 a step, 4 prompts a step);
+    after every step each rank records its queue, its stream position and its shard (training-row
+    indices, and which of them were re-injected)."""
+    rank, _ = init_gloo()
+    from test_hdpo import hash_reward, rows, train_args
+
+    seen, requeue = [], hdpo.requeue_distilled
+
+    def record(run, *a, **kw):
+        requeue(run, *a, **kw)
+        seen.append({"step": run.state["step"], "queue": run.state["reinject_queue"],
+                     "data_pos": run.state["data_pos"], "rows": run.step_rows,
+                     "again": run.step_reinjected})  # fmt: skip
+
+    hdpo.requeue_distilled = record  # train() calls it once per step, after the update
+    args = train_args(model_dir, out_dir, "--max-steps", "5", "--prompts-per-step", "4",
+                      "--distill-weight", "1", "--privileged-generations", "2",
+                      "--reinject-delay", "1", "--reinject-max", "2")  # fmt: skip
+    hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
+    with open(os.path.join(out_dir, f"reinject-{rank}.json"), "w") as f:
+        json.dump(seen, f)
+
+
 def worker_demo(out_dir):
     """`hdpo.py --demo --arms hdpo --max-steps 2` under torchrun, the demo shortened as
     tests/test_demo.py does."""
@@ -385,6 +409,33 @@ def test_ddp_long_validation_prompt_is_skipped_and_counted_on_two_ranks(tiny_qwe
     assert ev[0]["skipped_long_prompts"] == 1 and ev[0]["n_problems"] == 3
 
 
+def test_ddp_reinject_queue_is_global_and_the_same_on_both_ranks(tiny_qwen_dir, tmp_path):
+    """Re-injection on 2 gloo ranks: after every step both ranks hold the same queue and stream
+    position; the prompts queued at a step come from both ranks' shards (gathered), and the
+    prompts re-injected at a step (over both shards) are the ones reinject_take gives from the
+    previous step's queue."""
+    out = tmp_path / "run"
+    proc = torchrun("reinject", tiny_qwen_dir, out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r0, r1 = [json.loads((out / f"reinject-{r}.json").read_text()) for r in (0, 1)]
+    assert [s["step"] for s in r0] == [s["step"] for s in r1] == [1, 2, 3, 4, 5]
+    queue, from_rank = [], {0: 0, 1: 0}
+    for a, b in zip(r0, r1):
+        assert a["queue"] == b["queue"] and a["data_pos"] == b["data_pos"], a["step"]
+        want, left = hdpo.reinject_take([tuple(e) for e in queue], a["step"], 1, 2)
+        again = [i for r in (a, b) for i, x in zip(r["rows"], r["again"]) if x]
+        assert sorted(again) == sorted(want), a["step"]
+        added = [i for s, i in a["queue"] if s == a["step"]]
+        assert [tuple(e) for e in a["queue"]] == left + [(a["step"], i) for i in added]
+        for rank, r in ((0, a), (1, b)):  # a prompt in both shards counts for neither
+            from_rank[rank] += len(set(added) & set(r["rows"]) - set((b, a)[rank]["rows"]))
+        queue = a["queue"]
+    assert from_rank[0] > 0 and from_rank[1] > 0, "the test needs distilled prompts on both ranks"
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["reinject_queue"] for m in metrics] == [len(s["queue"]) for s in r0]
+    assert sum(m["reinjected"] for m in metrics) > 0, "the test needs re-injected prompts"
+
+
 def check_demo_metrics(out):
     rows = read_jsonl(os.path.join(out, "hdpo", "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2] and all(r["world_size"] == 2 for r in rows)
@@ -428,6 +479,7 @@ if (
     mode, *rest = sys.argv[1:]
     workers = {"grad": worker_grad, "train": worker_train, "demo": worker_demo}
     workers["train_long_val"] = worker_train_long_val
+    workers["reinject"] = worker_reinject
     workers[mode](*rest)
     import torch.distributed as dist
 

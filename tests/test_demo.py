@@ -143,3 +143,36 @@ def test_demo_resume_and_one_arm(short_demo):
     )  # the other arm's result is kept
     with open(os.path.join(out, "hdpo", "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f if line.strip()] == [1, 2, 3]
+
+
+def test_demo_reinject_settings_apply_only_to_flags_not_given():
+    """The hdpo_reinject arm's delay and cap (demo.DEMO_REINJECT) replace the defaults of the
+    flags the user did not give; `--arms all` is the three arms."""
+    argv = ["--demo", "--reinject-delay", "3"]
+    a, changed = demo.demo_args(hdpo.parse_args(argv), hdpo.build_parser(), argv)
+    assert (a.reinject_delay, a.reinject_max) == (3, dict(demo.DEMO_REINJECT)["reinject_max"])
+    assert "reinject_max" in changed and "reinject_delay" not in changed
+    assert hdpo.parse_args(["--demo", "--arms", "all"]).arms == "all"
+    assert demo.ARM_SETS["all"] == ("grpo", "hdpo", "hdpo_reinject")
+
+
+def test_demo_reinject_arm(short_demo):
+    """`--arms hdpo_reinject` (after the two-arm run): HDPO with re-injection from the same warm
+    start, measured the same way; the other arms' results are kept; only its metrics carry the
+    re-injection counters (the hdpo arm runs with re-injection off)."""
+    out, argv = short_demo
+    hdpo.main(argv + ["--resume", "--arms", "hdpo_reinject", "--max-steps", "2"])
+    with open(os.path.join(out, "demo_summary.json")) as f:
+        summary = json.load(f)
+    assert list(summary) == ["grpo", "hdpo", "hdpo_reinject"]
+    s, h = summary["hdpo_reinject"], summary["hdpo"]
+    assert s["cliff_fraction_start"] == h["cliff_fraction_start"]
+    assert s["heldout_start"] == h["heldout_start"]
+    assert s["distill_weight"] == h["distill_weight"] > 0 and s["steps"] == 2
+    assert (s["reinject"]["delay"], s["reinject"]["max"]) == tuple(v for _, v in demo.DEMO_REINJECT)
+    assert "reinject" not in h
+    read = lambda arm: [
+        json.loads(line) for line in open(os.path.join(out, arm, "metrics.jsonl")) if line.strip()
+    ]
+    assert all("reinject_queue" in r for r in read("hdpo_reinject"))
+    assert not any("reinject_queue" in r for r in read("hdpo"))

@@ -183,6 +183,55 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(straight, resumed):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+# Re-injection (issue 15): the queue of distilled cliff prompts is trainer state. Delay 2, at most
+# one a step: the checkpoint at step 2 holds the prompts distilled at steps 1 and 2, and steps 3-4
+# re-inject from it.
+REINJECT = ("--reinject-delay", "2", "--reinject-max", "1")
+
+
+@pytest.fixture(scope="module")
+def reinject_runs(tiny_qwen_dir, tmp_path_factory):
+    """The straight and resumed runs above, with re-injection on. -> (straight folder, resumed
+    folder, the resumed folder's trainer.pt at step 2)."""
+    straight = tmp_path_factory.mktemp("straight_reinject")
+    train = lambda out, *flags: hdpo.train(
+        args_for(tiny_qwen_dir, out, *REINJECT, *flags),
+        train_rows=rows(),
+        val_rows=[],
+        reward_fn=hash_reward,
+    )
+    train(straight, "--max-steps", "4")
+    out = tmp_path_factory.mktemp("resumed_reinject")
+    train(out, "--max-steps", "2")
+    ckpt = os.path.join(out, "checkpoints", "step-000002")
+    between = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)
+    fresh_process_rng()
+    train(out, "--max-steps", "4", "--resume")
+    return straight, out, between
+
+
+def test_resume_with_a_non_empty_reinject_queue_continues_exactly(reinject_runs):
+    """A checkpoint taken with prompts waiting in the re-injection queue: the resumed steps
+    re-inject the same prompts and equal the uninterrupted run's in every logged field but
+    timings, the same completions, the same queue and stream position, the same final weights."""
+    straight, out, between = reinject_runs
+    assert between["reinject_queue"], "the test needs a non-empty queue at the checkpoint"
+    assert all(s <= 2 for s, _ in between["reinject_queue"])
+    want, got = read_jsonl(straight / "metrics.jsonl"), read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    assert sum(r["reinjected"] for r in want[2:]) > 0, "the test needs re-injection after resume"
+    assert between["data_pos"] == 2 * P  # nothing due before step 3: two full fresh batches
+    for w, g in zip(want, got):
+        assert untimed(g) == untimed(w), w["step"]
+    assert read_jsonl(out / "samples.jsonl") == read_jsonl(straight / "samples.jsonl")
+    ends = [torch.load(os.path.join(d, "checkpoints", "step-000004", "trainer.pt"),
+                       weights_only=False) for d in (straight, out)]  # fmt: skip
+    assert ends[0]["reinject_queue"] == ends[1]["reinject_queue"]
+    assert ends[0]["data_pos"] == ends[1]["data_pos"] < 4 * P  # re-injected prompts replaced fresh
+    a, b = state_dict(str(straight / "final")), state_dict(str(out / "final"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_keep_checkpoints_prunes_old_ones_and_leaves_no_tmp_folder(resumed):
     out, _, _ = resumed
     assert checkpoints(out) == [
