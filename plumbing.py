@@ -572,8 +572,8 @@ class TensorBoardTracker:
 
     def __init__(self, args, step):
         SummaryWriter = import_tracker("tensorboard")
-        self.dir = os.path.join(args.output_dir, "tensorboard")
-        self.writer = SummaryWriter(self.dir, purge_step=step + 1 if step else None)
+        log_dir = os.path.join(args.output_dir, "tensorboard")
+        self.writer = SummaryWriter(log_dir, purge_step=step + 1 if step else None)
         flags = json.dumps(vars(args), indent=1, default=str)
         self.writer.add_text("args", "```\n" + flags + "\n```", step)
 
@@ -595,7 +595,8 @@ class TensorBoardTracker:
 
 class WandbTracker:
     """A Weights & Biases run in offline mode (files in <output-dir>/wandb; `wandb sync` uploads
-    them later) unless WANDB_MODE says otherwise. A resumed run starts a new W&B run."""
+    them later) unless WANDB_MODE says otherwise. --resume starts a new W&B run from the
+    checkpoint's step."""
 
     def __init__(self, args, step):
         self.wandb = import_tracker("wandb")
@@ -616,7 +617,8 @@ class WandbTracker:
 
 class TrackioTracker:
     """A trackio run in its local store (TRACKIO_DIR, by default ~/.cache/huggingface/trackio;
-    `trackio show` opens the dashboard), named after --output-dir; --resume continues it."""
+    `trackio show` opens the dashboard), named after --output-dir. --resume continues it (the rows
+    of an abandoned continuation, after an older checkpoint, stay)."""
 
     def __init__(self, args, step):
         trackio = self.trackio = import_tracker("trackio")

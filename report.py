@@ -153,41 +153,36 @@ def config_label(run):
 
 def format_table(runs):
     """The side-by-side table as text."""
-    name_w = max([len(r["name"]) + 2 for r in runs] + [len(m) for m, *_ in PAPER_ROWS]) + 2
+    label = lambda r: "  " + r["name"] + ("" if r["row"] is not None else f" ({config_label(r)})")
+    name_w = max([len(label(r)) for r in runs] + [len(m) for m, *_ in PAPER_ROWS]) + 2
     col = 16
-    head = f"{'':{name_w}}" + "".join(f"{k:>{col}}" for k in METRICS) + f"{'steps':>8}"
     lines = [
         "Table 1 of the paper (PAPER.md; best over 2,000 steps, 2,048 validation problems, 8×H200)",
         "beside each run's best validation score and the first step it was reached (greedy is",
         "the paper's pass@1).",
         "",
-        head,
+        f"{'':{name_w}}" + "".join(f"{k:<{col}}" for k in METRICS) + f"{'steps':>5}",
     ]
 
-    def run_line(r, indent="  ", label=None):
-        cells = []
-        for k in METRICS:
-            v = r["best"].get(k)
-            cells.append(f"{v[0]:.4f} @{v[1]}" if v else "–")
+    def run_line(r):
+        cells = [f"{r['best'][k][0]:.4f} @{r['best'][k][1]}" if k in r["best"] else "–"
+                 for k in METRICS]  # fmt: skip
         marks = ("*" if r["steps"] < PAPER_STEPS else "") + ("≠" if r["differs"] else "")
-        text = f"{indent}{label or r['name']:{name_w - len(indent)}}"
-        text += "".join(f"{c:>{col}}" for c in cells) + f"{r['steps']:>8} {marks}".rstrip()
-        if not r["evals"]:
-            text += "  (no validation)"
-        return text
+        text = f"{label(r):{name_w}}" + "".join(f"{c:<{col}}" for c in cells)
+        text += f"{r['steps']:>5} {marks}".rstrip()
+        return text + ("" if r["evals"] else "  (no validation)")
 
     for i, (method, *_, greedy, p4, p8) in enumerate(PAPER_ROWS):
         lines.append(
             f"{method:{name_w}}"
-            + "".join(f"{v:>{col}.4f}" for v in (greedy, p4, p8))
-            + f"{PAPER_STEPS:>8}  (paper)"
+            + "".join(f"{v:<{col}.4f}" for v in (greedy, p4, p8))
+            + f"{PAPER_STEPS:>5}  (paper)"
         )
-        mine = [r for r in runs if r["row"] == i]
-        lines += [run_line(r) for r in mine] or ["  (no run)"]
+        lines += [run_line(r) for r in runs if r["row"] == i] or ["  (no run)"]
     others = [r for r in runs if r["row"] is None]
     if others:
         lines += ["", "Runs with no row in the paper's table:"]
-        lines += [run_line(r, label=f"{r['name']} ({config_label(r)})") for r in others]
+        lines += [run_line(r) for r in others]
     notes = []
     if any(r["steps"] < PAPER_STEPS for r in runs):
         notes.append("* shorter than the paper's 2,000 steps (a best over fewer validations)")

@@ -389,3 +389,39 @@ def test_paper_rows_are_table_1_of_paper_md():
         key = "GRPO baseline (8×H200)" if lam == 0 else method
         assert table[key] == tuple(scores), method
     assert all(math.isclose(r[1], 0) == (r[2] is None) for r in report.PAPER_ROWS)
+
+
+def test_tensorboard_drops_the_abandoned_steps_on_resume(tiny_qwen_dir, tmp_path):
+    """Steps 1-3 saved at every step, then --resume from step 1 up to step 4: TensorBoard shows
+    steps 1-4 once each, with the resumed run's values (as metrics.jsonl does)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    out = tmp_path / "run"
+    flags = ["--report-to", "tensorboard", "--save-every", "1", "--keep-checkpoints", "5"]
+    first = train_args(tiny_qwen_dir, out, "--distill-weight", "0", "--max-steps", "3", *flags)
+    hdpo.train(first, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
+    abandoned = [m["grad_norm"] for m in read_jsonl(out / "metrics.jsonl")][1:]
+    older = os.path.join(out, "checkpoints", "step-000001")
+    again = train_args(
+        tiny_qwen_dir,
+        out,
+        "--distill-weight",
+        "0",
+        "--max-steps",
+        "4",
+        *flags,
+        "--resume",
+        older,
+        "--seed",
+        "7",
+    )  # fmt: skip  (a different continuation)
+    hdpo.train(again, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
+    acc = ea.EventAccumulator(str(out / "tensorboard"), size_guidance={ea.SCALARS: 0})
+    acc.Reload()
+    events = acc.Scalars("grad_norm")
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [e.step for e in events] == [m["step"] for m in metrics] == [1, 2, 3, 4]
+    for e, m in zip(events, metrics):
+        assert e.value == pytest.approx(m["grad_norm"], rel=1e-6)
+    assert [m["grad_norm"] for m in metrics[1:3]] != pytest.approx(abandoned), "same values"
