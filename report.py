@@ -128,7 +128,10 @@ def load_run(path):
     args = None
     if os.path.exists(args_path):
         with open(args_path) as f:
-            args = json.load(f)
+            try:
+                args = json.load(f)
+            except ValueError as e:
+                raise ReportError(f"{args_path}: not JSON ({e})") from e
     steps = max([r["step"] for r in metrics + evals], default=0)
     return {
         "name": os.path.normpath(path),
