@@ -56,24 +56,29 @@ from engine import eos_token_ids, generate
 from eval import evaluate, summarize
 from lm_head import head_gather_lse, head_topk
 from plumbing import (
+    TRACKERS,
     ModelLoadError,
     StopOnSignal,
+    TrackerError,
+    Trackers,
     TrainingError,
     all_reduce_grads,
     all_sum,
-    append_jsonl,
     checkpoint_if_due,
     compute_device,
     find_checkpoint,
     finish_run,
     init_distributed,
     load_model,
+    log_eval,
     log_step,
     plan_memory,
     quiet_libraries,
     raise_if_failing,
+    require_trackers,
     restore_checkpoint,
     rewind_outputs,
+    save_args,
     seed_everything,
     world,
 )
@@ -176,6 +181,11 @@ def build_parser():
     )
     g.add_argument("--max-bad-steps", type=int, default=5, help="stop after N non-finite steps")
     g.add_argument("--samples-per-step", type=int, default=2, help="completions in samples.jsonl")
+    g.add_argument(
+        "--report-to", nargs="+", choices=["none", *TRACKERS], default=["none"],
+        help="experiment trackers, offline, optional packages (several allowed)",
+    )  # fmt: skip
+    g.add_argument("--tracker-project", default="hdpo", help="wandb / trackio project")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     g = p.add_argument_group("offline demo")
     g.add_argument("--demo", action="store_true", help="tiny model, synthetic task, GRPO vs HDPO")
@@ -216,6 +226,7 @@ def parse_args(argv=None):
             "--keep-checkpoints/--max-bad-steps must be >= 1",
         ),
         (0 < a.val_fraction < 1, "--val-fraction must be in (0, 1)"),
+        (a.report_to == ["none"] or "none" not in a.report_to, "--report-to none goes alone"),
         (a.eval_n >= 0, "--eval-n must be >= 0"),
         (a.max_grad_norm > 0, "--max-grad-norm must be > 0"),
         (all(0 <= b < 1 for b in a.adam_betas), "--adam-betas must be in [0, 1)"),
@@ -669,6 +680,7 @@ def setup_run(args, train_rows, val_rows, reward_fn):
     amp = bf16 if device.type == "cuda" else contextlib.nullcontext
     if reward_fn is None:
         from verify import reward as reward_fn
+    require_trackers(args.report_to)  # a missing tracker package fails before anything loads
     os.makedirs(args.output_dir, exist_ok=True)
     ckpt = find_checkpoint(args.resume, args.output_dir) if args.resume else None
     if train_rows is None:
@@ -727,11 +739,14 @@ def setup_run(args, train_rows, val_rows, reward_fn):
             f"{args.prompts_per_step}x{args.num_generations} rollouts/step | device {device}"
         )
     n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+    if rank == 0:
+        save_args(args)
     return SimpleNamespace(
         args=args, rank=rank, world_size=ws, device=device, amp=amp, model=model,
         tokenizer=tokenizer, teacher=teacher, optimizer=optimizer, scheduler=scheduler,
         reward_fn=reward_fn, train_rows=train_rows, val_rows=val_rows, state=state, paths=paths,
         gen=gen, n_tokens=n_tokens, t_start=time.time(), step_long_prompts=0,
+        trackers=Trackers(args, rank, state["step"]),
     )  # fmt: skip
 
 
@@ -763,6 +778,12 @@ def step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losse
     n, n_cliffs, r_sum, n_roll, n_solved, n_priv, n_ok, n_pairs, n_trunc, n_long = all_sum(
         local, run.device
     )
+    # entropy: each rollout's sum of per-token entropies (nats; the engine's decode loop) over the
+    # step's completion tokens, the mean per-token entropy; None if a rollout on a rank has none
+    h, tokens = [o.get("entropy") for o in rollouts], [len(o["completion_ids"]) for o in rollouts]
+    h_sum, h_missing, h_tokens = all_sum(
+        [sum(x or 0.0 for x in h), h.count(None), sum(tokens)], run.device
+    )
     run.state["skipped_long_prompts"] += int(n_long)  # global, so every rank holds the same count
     return {
         "step": run.state["step"],
@@ -778,6 +799,7 @@ def step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losse
         "grpo_tokens": n_grpo,
         "completion_len_mean": n_grpo / max(n_roll, 1),
         "truncated_fraction": n_trunc / max(n_roll, 1),
+        "entropy": h_sum / h_tokens if h_tokens and not h_missing else None,
         "loss_grpo": loss_grpo,
         "loss_jsd": loss_jsd,
         "loss": loss_grpo + run.args.distill_weight * loss_jsd,
@@ -837,8 +859,7 @@ def validate_if_due(run):
     for k, v in scores.items():
         if v is not None:
             best[k] = max(best.get(k, v), v)
-    if run.rank == 0:
-        append_jsonl(run.paths["eval"], {"step": step, **res, "best": dict(best)})
+    log_eval(run, {"step": step, **res, "best": dict(best)})  # eval.jsonl and the trackers
     return {"val_" + k: v for k, v in scores.items()}
 
 
@@ -854,7 +875,7 @@ def main(argv=None):
             demo.run_demo(args, given, train, build_parser())
         elif train(args)["interrupted"]:
             sys.exit(130)  # stopped by Ctrl-C / SIGTERM after saving a checkpoint: not finished
-    except (DataError, ModelLoadError, TrainingError, FileNotFoundError) as e:
+    except (DataError, ModelLoadError, TrainingError, TrackerError, FileNotFoundError) as e:
         if args.debug:
             raise
         print(f"hdpo.py: error: {e}", file=sys.stderr)

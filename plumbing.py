@@ -3,6 +3,7 @@ clear errors, torch.distributed helpers, checkpoints and exact resume, JSONL log
 cleanly on Ctrl-C / SIGTERM.
 """
 
+import importlib
 import json
 import math
 import os
@@ -353,7 +354,7 @@ class TrainingError(RuntimeError):
 
 
 def log_step(run, row, batch, rollouts, rewards, owners, priv, priv_ok):
-    """Rank 0: metrics.jsonl, a few samples in samples.jsonl, one console line."""
+    """Rank 0: metrics.jsonl, a few samples in samples.jsonl, the trackers, one console line."""
     if run.rank != 0:
         return
     args, G, step = run.args, run.args.num_generations, row["step"]
@@ -371,11 +372,13 @@ def log_step(run, row, batch, rollouts, rewards, owners, priv, priv_ok):
     ]
     for s in plain + hinted:
         append_jsonl(run.paths["samples"], s)
-    ppr = row["privileged_pass_rate"]
+    run.trackers.log_step(row, plain + hinted)
+    ppr, entropy = row["privileged_pass_rate"], row.get("entropy")
     vals = [f"{k[4:]} {v:.3f}" for k, v in row.items() if k.startswith("val_") and v is not None]
     print(
         f"step {step}/{args.max_steps} | reward {row['reward_mean']:.3f} | "
-        f"cliffs {row['num_cliffs']}/{row['num_prompts']} | "
+        + ("" if entropy is None else f"entropy {entropy:.3f} | ")
+        + f"cliffs {row['num_cliffs']}/{row['num_prompts']} | "
         f"priv pass {'-' if ppr is None else f'{ppr:.2f}'} | "
         f"distill {row['distill_sequences']} seq {row['distill_tokens']} tok | "
         f"L_grpo {row['loss_grpo']:+.4f} L_jsd {row['loss_jsd']:.4f} | "
@@ -416,6 +419,7 @@ def checkpoint_if_due(run, stop):
 def finish_run(run, stop):
     """The final model (unless interrupted), and every rank returns with the run's files written."""
     out = run.args.output_dir
+    run.trackers.close()
     if run.rank == 0 and not stop.signal:
         run.model.save_pretrained(os.path.join(out, "final"))
         run.tokenizer.save_pretrained(os.path.join(out, "final"))
@@ -521,3 +525,175 @@ def plan_memory(args, model, amp, world_size, teacher_bytes):
     if not fits:
         line += f" | WARNING: one {args.max_seq_len}-token sequence may not fit in this card"
     return line
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiment trackers (--report-to): optional packages, each imported only when asked for, fed on
+# rank 0 only, all working offline. They receive what the JSONL logs hold: every metrics.jsonl
+# row under its own names (its val_* copies left out: validation comes once, below), every
+# eval.jsonl row under eval/<key> (eval/best/<key> for the best so far), and the step's
+# samples.jsonl completions as a table (a markdown table in TensorBoard's text tab).
+
+TRACKERS = ("tensorboard", "wandb", "trackio")
+SAMPLE_COLUMNS = ("kind", "reward", "problem", "answer", "completion")
+
+
+class TrackerError(RuntimeError):
+    """A tracker asked for with --report-to that cannot start: the message names the pip command."""
+
+
+def import_tracker(name):
+    """The tracker's package (imported here, never at the top of a module), or TrackerError."""
+    try:
+        module = importlib.import_module(name)
+        if name == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter  # torch's writer, tensorboard's files
+
+            return SummaryWriter
+        return module
+    except ImportError as e:
+        raise TrackerError(
+            f"--report-to {name}: the {name} package is not installed (pip install {name})"
+        ) from e
+
+
+def save_args(args):
+    """<output-dir>/args.json: the run's flags (report.py reads λ, the teacher and the setting)."""
+    with open(os.path.join(args.output_dir, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=1, default=str)
+
+
+def tracker_scalars(row, prefix=""):
+    """A JSONL row as {name: number}: nested dicts become prefix/key, booleans 0 or 1; None,
+    non-finite numbers and text are left out (metrics.jsonl writes them as null)."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, dict):
+            out.update(tracker_scalars(v, f"{prefix}{k}/"))
+        elif isinstance(v, (bool, int, float)) and math.isfinite(v):
+            out[prefix + k] = int(v) if isinstance(v, bool) else v
+    return out
+
+
+class TensorBoardTracker:
+    """Event files in <output-dir>/tensorboard (`tensorboard --logdir runs`). On --resume, events
+    after the checkpoint's step (an abandoned continuation) are dropped, as in the JSONL logs."""
+
+    def __init__(self, args, step):
+        SummaryWriter = import_tracker("tensorboard")
+        log_dir = os.path.join(args.output_dir, "tensorboard")
+        self.writer = SummaryWriter(log_dir, purge_step=step + 1 if step else None)
+        flags = json.dumps(vars(args), indent=1, default=str)
+        self.writer.add_text("args", "```\n" + flags + "\n```", step)
+
+    def log(self, scalars, step):
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()  # a crashed run keeps every step it logged
+
+    def table(self, key, columns, rows, step):
+        cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ↵ ")
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+        self.writer.add_text(key, "\n".join(lines), step)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbTracker:
+    """A Weights & Biases run in offline mode (files in <output-dir>/wandb; `wandb sync` uploads
+    them later) unless WANDB_MODE says otherwise. --resume starts a new W&B run from the
+    checkpoint's step."""
+
+    def __init__(self, args, step):
+        self.wandb = import_tracker("wandb")
+        self.run = self.wandb.init(
+            project=args.tracker_project, name=os.path.normpath(args.output_dir),
+            dir=args.output_dir, config=vars(args), mode=os.environ.get("WANDB_MODE", "offline"),
+        )  # fmt: skip
+
+    def log(self, scalars, step):
+        self.run.log(scalars, step=step)
+
+    def table(self, key, columns, rows, step):
+        self.run.log({key: self.wandb.Table(columns=list(columns), data=rows)}, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
+class TrackioTracker:
+    """A trackio run in its local store (TRACKIO_DIR, by default ~/.cache/huggingface/trackio;
+    `trackio show` opens the dashboard), named after --output-dir. --resume continues it (the rows
+    of an abandoned continuation, after an older checkpoint, stay)."""
+
+    def __init__(self, args, step):
+        trackio = self.trackio = import_tracker("trackio")
+        self.run = trackio.init(
+            project=args.tracker_project, name=os.path.normpath(args.output_dir),
+            config=vars(args), resume="allow" if step else "never",
+        )  # fmt: skip
+
+    def log(self, scalars, step):
+        self.run.log(scalars, step=step)
+
+    def table(self, key, columns, rows, step):
+        self.run.log({key: self.trackio.Table(columns=list(columns), data=rows)}, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
+TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker,
+                   "trackio": TrackioTracker}  # fmt: skip
+
+
+class Trackers:
+    """The --report-to trackers of one run, started at `step` (0, or the checkpoint's step on
+    --resume). Only rank 0 gets any: on other ranks every call does nothing."""
+
+    def __init__(self, args, rank=0, step=0):
+        names = [n for n in args.report_to if n != "none"] if rank == 0 else []
+        self.trackers = []
+        try:
+            for name in names:
+                self.trackers.append(TRACKER_CLASSES[name](args, step))
+        except BaseException:
+            self.close()
+            raise
+
+    def log_step(self, row, samples):
+        """A metrics.jsonl row and the step's samples.jsonl rows."""
+        scalars = tracker_scalars({k: v for k, v in row.items() if not k.startswith("val_")})
+        scalars.pop("step", None)
+        rows = [[s[c] for c in SAMPLE_COLUMNS] for s in samples]
+        for t in self.trackers:
+            t.log(scalars, row["step"])
+            if rows:
+                t.table("samples", SAMPLE_COLUMNS, rows, row["step"])
+
+    def log_eval(self, row):
+        """An eval.jsonl row, under eval/<key>."""
+        scalars = tracker_scalars({k: v for k, v in row.items() if k != "step"}, "eval/")
+        for t in self.trackers:
+            t.log(scalars, row["step"])
+
+    def close(self):
+        while self.trackers:
+            self.trackers.pop().close()
+
+
+def log_eval(run, row):
+    """Rank 0: an eval.jsonl row, also sent to the trackers."""
+    if run.rank == 0:
+        append_jsonl(run.paths["eval"], row)
+        run.trackers.log_eval(row)
+
+
+def require_trackers(names):
+    """Import each --report-to tracker now: a missing package stops a run before anything loads."""
+    for name in names:
+        if name != "none":
+            import_tracker(name)

@@ -176,3 +176,27 @@ def test_demo_reinject_arm(short_demo):
     ]
     assert all("reinject_queue" in r for r in read("hdpo_reinject"))
     assert not any("reinject_queue" in r for r in read("hdpo"))
+
+
+def test_report_on_the_demo_folders(short_demo, tmp_path, capsys):
+    """report.py on the demo's output: runs/demo stands for its two arm folders (warm_start is no
+    run); the GRPO arm sits under the paper's GRPO row, the λ = 1 HDPO arm under the runs with no
+    row; no eval.jsonl (the demo validates only with --eval-every), which the report says."""
+    import report
+
+    out, _ = short_demo
+    arms = [os.path.join(out, arm) for arm in ARMS]
+    for argv in ([out], arms):
+        runs = report.main(argv + ["-o", str(tmp_path / "r.png")])
+        text = capsys.readouterr().out
+        assert [r["name"] for r in runs] == [os.path.normpath(a) for a in arms]
+        for r, arm in zip(runs, arms):
+            with open(os.path.join(arm, "metrics.jsonl")) as f:
+                assert r["steps"] == [json.loads(ln)["step"] for ln in f][-1]
+            assert r["evals"] == [] and r["best"] == {}
+        grpo_part, rest = text.split("HDPO frozen, λ=0.01")
+        assert os.path.normpath(arms[0]) in grpo_part and os.path.normpath(arms[1]) not in grpo_part
+        other = rest.split("Runs with no row in the paper's table:")[1]
+        assert f"{os.path.normpath(arms[1])} (λ=1 drifting)" in other
+        assert text.count("(no validation)") == 2
+        assert os.path.join(out, "demo_summary.json") in text

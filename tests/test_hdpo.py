@@ -760,3 +760,59 @@ def test_reinjected_prompts_return_after_the_delay_in_place_of_deferred_fresh_on
     assert n_again > 0, "the test needs re-injected prompts"
     assert any(m["reinjected_cliffs"] for m in metrics), "the test needs a cliff again"
     assert trainer["data_pos"] == pos < steps * P and trainer["reinject_queue"] == queue
+
+
+def entropy_stub(monkeypatch, value, length=None):
+    """hdpo.generate with each rollout's "entropy" set to value(privileged, j, rollout) for the
+    j-th rollout of a call (None: no such field, as before the engine reports one), and its
+    completion cut to length(j) tokens when given. -> the calls, as (privileged?, rollouts)."""
+    calls, real = [], hdpo.generate
+
+    def generate(model, tokenizer, prompts, **kw):
+        outs = real(model, tokenizer, prompts, **kw)
+        privileged = any("(Hint: the correct final answer is" in p for p in prompts)
+        for j, o in enumerate(outs):
+            if length is not None:
+                o["completion_ids"] = o["completion_ids"][: length(j)]
+            o.pop("entropy", None)
+            h = value(privileged, j, o)
+            if h is not None:
+                o["entropy"] = h
+        calls.append((privileged, outs))
+        return outs
+
+    monkeypatch.setattr(hdpo, "generate", generate)
+    return calls
+
+
+def test_entropy_is_the_plain_rollouts_summed_entropy_over_their_tokens(
+    tiny_qwen_dir, tmp_path, monkeypatch
+):
+    """Known per-rollout entropies in: the logged entropy is Σ entropy / Σ completion tokens over
+    the step's plain rollouts; the privileged rollouts' (1e6 each here) do not count. Lengths
+    differ, so a mean of per-rollout means would not pass."""
+    entropy = lambda priv, j, o: 1e6 if priv else 0.25 * (j + 1)
+    calls = entropy_stub(monkeypatch, entropy, length=lambda j: 1 + j % 4)
+    args = train_args(
+        tiny_qwen_dir, tmp_path / "run", "--distill-weight", "1.0", "--max-steps", "3"
+    )
+    hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
+    plain = [outs for privileged, outs in calls if not privileged]
+    assert len(plain) == 3 and any(p for p, _ in calls), "the test needs privileged rollouts"
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    for m, outs in zip(metrics, plain):
+        tokens = [1 + j % 4 for j in range(len(outs))]
+        assert [len(o["completion_ids"]) for o in outs] == tokens
+        want = sum(0.25 * (j + 1) for j in range(len(outs))) / sum(tokens)
+        assert m["entropy"] == pytest.approx(want, rel=1e-12)
+        assert m["entropy"] != pytest.approx(
+            sum(0.25 * (j + 1) / n for j, n in enumerate(tokens)) / len(tokens)
+        )
+
+
+def test_entropy_is_null_when_the_engine_gives_none(tiny_qwen_dir, tmp_path, monkeypatch):
+    entropy_stub(monkeypatch, lambda priv, j, o: None if j == 1 else 2.0)  # one rollout lacks it
+    args = train_args(tiny_qwen_dir, tmp_path / "run", "--distill-weight", "0", "--max-steps", "1")
+    hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
+    (m,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert "entropy" in m and m["entropy"] is None
