@@ -26,62 +26,57 @@ the algorithm's seven lines. Where it departs from the paper:
   their gradient is exactly zero; their tokens still count in the token normaliser.
 - fp32 master weights with bf16 autocast on GPU (the paper says bfloat16, not how).
 - `--max-cliffs` caps cliffs per rank at ceil(max_cliffs / world_size) under torchrun.
-Plumbing (model loading, torchrun helpers, checkpoints, logs) is in plumbing.py, datasets and
-the chat prompt in data.py, generation in engine.py, the chunked lm_head in lm_head.py.
+- The 95/5 split holds out whole problems (OpenMathInstruct-2 repeats some across rows).
+- Weight decay (0.01) applies to every parameter, biases and norms included (the paper is silent;
+  at lr 1e-6 over 2,000 steps it shrinks a weight by a factor of at most 2e-5).
+Setup and statistics are in training_run.py, the forward over rollouts (shared prompts, chunked
+lm_head) in forward.py, generation in engine.py, datasets and the chat prompt in data.py, model
+loading, torchrun helpers, checkpoints and logs in plumbing.py.
 """
 
 import argparse
 import contextlib
 import copy
-import inspect
 import math
 import os
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-from transformers import DynamicCache
 
 from data import (
     DataError,
     chat_prompt,
-    load_problems,
     privileged_prompt,
     prompt_stream,
-    split_train_val,
 )
-from engine import eos_token_ids, generate
-from eval import evaluate, summarize
-from lm_head import head_gather_lse, head_topk
+from engine import generate
+from forward import (
+    completion_hidden,
+    grouped,
+    head_gather_lse,
+    head_topk,
+    pack_micro_batches,
+    shares_prompts,
+)
 from plumbing import (
     TRACKERS,
     ModelLoadError,
     StopOnSignal,
     TrackerError,
-    Trackers,
     TrainingError,
     all_reduce_grads,
     all_sum,
     checkpoint_if_due,
-    compute_device,
-    find_checkpoint,
     finish_run,
     init_distributed,
     load_model,
-    log_eval,
     log_step,
-    plan_memory,
     quiet_libraries,
     raise_if_failing,
-    require_trackers,
-    restore_checkpoint,
-    rewind_outputs,
-    save_args,
-    seed_everything,
-    world,
 )
+from training_run import setup_run, step_statistics, validate_if_due
 
 LN2 = math.log(2.0)
 
@@ -340,106 +335,8 @@ def jsd_topk(student_logits, teacher_logits, k=64):
 
 
 # ----------------------------------------------------------------------------------------------
-# Memory-bounded gradients. Three things keep a step's forward/backward small:
-# - a group's G rollouts share their prompt: it is forwarded once and its KV cache is repeated for
-#   the completions that continue it (the gradient reaches the prompt once, through that cache);
-# - micro-batches are packed by padded tokens (--micro-batch-tokens), longest first, so short
-#   rollouts are not padded to the longest one of the step;
-# - hidden states are kept only at the positions that predict completion tokens, and the lm_head
-#   runs over chunks of positions into ONE reused [chunk, V] fp32 buffer (lm_head.py), so a
-#   full-vocabulary fp32 tensor exists for one chunk at a time, never for a micro-batch.
-
-
-def pack_micro_batches(prompt_lens, comp_lens, owner, budget, shared_prompt=True):
-    """Split sequences (completion i continues prompt owner[i]) into micro-batches of at most
-    `budget` padded tokens: p prompts of up to Lp tokens plus r completions of up to Lc tokens cost
-    p·Lp + r·Lc (shared prompt), or r·(Lp + Lc) when each sequence is forwarded whole. Groups go
-    longest first, a group's completions together where they fit. A sequence longer than the
-    budget is a micro-batch of its own. -> list of lists of sequence indices."""
-    total = lambda i: prompt_lens[owner[i]] + comp_lens[i]
-    longest = {}
-    for i in range(len(owner)):
-        longest[owner[i]] = max(longest.get(owner[i], 0), total(i))
-    order = sorted(range(len(owner)), key=lambda i: (-longest[owner[i]], owner[i], -comp_lens[i]))
-
-    def cost(seqs):
-        owners = {owner[i] for i in seqs}
-        lp, lc = max(prompt_lens[o] for o in owners), max(comp_lens[i] for i in seqs)
-        return len(owners) * lp + len(seqs) * lc if shared_prompt else len(seqs) * (lp + lc)
-
-    batches = [[]]
-    for i in order:
-        if batches[-1] and cost(batches[-1] + [i]) > budget:
-            batches.append([])
-        batches[-1].append(i)
-    return [b for b in batches if b]
-
-
-def right_padded(rows, device):
-    """Token lists -> ids [B, L] and attention mask [B, L], right-padded with 0."""
-    L = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), L, dtype=torch.long)  # [B, L]
-    attn = torch.zeros(len(rows), L, dtype=torch.long)  # [B, L]
-    for b, r in enumerate(rows):
-        ids[b, : len(r)], attn[b, : len(r)] = torch.tensor(r, dtype=torch.long), 1
-    return ids.to(device), attn.to(device)
-
-
-def completion_hidden(model, prompts, completions, owner, device, shared_prompt=True):
-    """Hidden states [N, H] at the positions that predict each completion token, and those tokens
-    [N]; N = all completion tokens, completion order then token order. Completion i continues
-    prompts[owner[i]]. With shared_prompt, each prompt is forwarded once (right-padded) and its KV
-    cache is repeated for its completions, which are forwarded on top of it; otherwise every
-    (prompt, completion) is forwarded whole. Both give the same values and gradients."""
-    base, targets = model.base_model, [t for c in completions for t in c]
-    if not shared_prompt:
-        hidden = base(*right_padded([prompts[o] + c for o, c in zip(owner, completions)], device),
-                      use_cache=False).last_hidden_state  # [B, L, H]  # fmt: skip
-        rows = [b for b, c in enumerate(completions) for _ in c]
-        cols = [len(prompts[o]) - 1 + j for o, c in zip(owner, completions) for j in range(len(c))]
-        return hidden[rows, cols], torch.tensor(targets, device=device)  # [N, H], [N]
-    used = sorted(set(owner))  # forward only the prompts this micro-batch continues
-    slot = {o: k for k, o in enumerate(used)}
-    p_ids, p_attn = right_padded([prompts[o] for o in used], device)  # [P, Lp]
-    cache = DynamicCache(config=model.config)
-    p_hidden = base(input_ids=p_ids, attention_mask=p_attn, use_cache=True,
-                    **{cache_kwarg(base): cache}).last_hidden_state  # [P, Lp, H]  # fmt: skip
-    rows = torch.tensor([slot[o] for o in owner], device=device)  # [B] prompt slot of each row
-    cache.batch_select_indices(rows)  # [B, heads, Lp, d] per layer: each row's prompt keys/values
-    c_ids, c_attn = right_padded(completions, device)  # [B, Lc]
-    c_pos = rows.new_tensor([len(prompts[o]) for o in owner])[:, None] + torch.arange(
-        c_ids.shape[1], device=device
-    )  # [B, Lc] positions right after each row's own prompt
-    c_hidden = base(input_ids=c_ids, attention_mask=torch.cat([p_attn[rows], c_attn], 1),
-                    position_ids=c_pos, use_cache=True,
-                    **{cache_kwarg(base): cache}).last_hidden_state  # [B, Lc, H]  # fmt: skip
-    # token 0 of a completion is predicted at its prompt's last position, token j at completion j-1
-    out = []
-    for b, (o, c) in enumerate(zip(owner, completions)):
-        out += [p_hidden[slot[o], len(prompts[o]) - 1][None], c_hidden[b, : len(c) - 1]]
-    return torch.cat(out), torch.tensor(targets, device=device)  # [N, H], [N]
-
-
-def cache_kwarg(model):
-    """The forward keyword of the KV cache: `cache` (transformers >= 5) or `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def grouped(prompts):
-    """Prompt id lists, one per sequence -> (distinct prompts, owner index of each sequence)."""
-    index, distinct = {}, []
-    for p in prompts:
-        if tuple(p) not in index:
-            index[tuple(p)] = len(distinct)
-            distinct.append(list(p))
-    return distinct, [index[tuple(p)] for p in prompts]
-
-
-def shares_prompts(model):
-    """Gradient checkpointing turns the KV cache off in training forwards (transformers), so with
-    it every sequence is forwarded whole."""
-    name = "is_activation_checkpointing"  # transformers >= 5; is_gradient_checkpointing before
-    return not getattr(model, name if hasattr(type(model), name) else "is_gradient_checkpointing")
+# Memory-bounded gradients: each loss's forward and backward over micro-batches packed by
+# tokens, a group's prompt forwarded once, the lm_head in chunks (all three in forward.py).
 
 
 def grpo_backward(model, seqs, advantages, n_tokens, args, device, amp=contextlib.nullcontext):
@@ -516,7 +413,7 @@ def train(args, train_rows=None, val_rows=None, reward_fn=None):
     """Algorithm 1 for args.max_steps steps. Rows are dicts with problem, answer (and solution);
     without rows, args.dataset is loaded and split 95/5. reward_fn(completion, answer) -> 0 or 1
     (default verify.reward). Returns a summary dict."""
-    run = setup_run(args, train_rows, val_rows, reward_fn)
+    run = setup_run(args, train_rows, val_rows, reward_fn, build_teacher)
     model, G, device, amp = run.model, args.num_generations, run.device, run.amp
     with StopOnSignal() as stop:
         while run.state["step"] < args.max_steps:
@@ -670,84 +567,8 @@ def optimizer_step(run, losses):
 
 
 # ----------------------------------------------------------------------------------------------
-# Setup: model, teacher, optimiser, data; resumed from a checkpoint with --resume.
-
-
-def setup_run(args, train_rows, val_rows, reward_fn):
-    rank, ws = world()
-    device = compute_device()  # cuda:LOCAL_RANK (pinned by init_distributed), or cpu
-    bf16 = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    amp = bf16 if device.type == "cuda" else contextlib.nullcontext
-    if reward_fn is None:
-        from verify import reward as reward_fn
-    require_trackers(args.report_to)  # a missing tracker package fails before anything loads
-    os.makedirs(args.output_dir, exist_ok=True)
-    ckpt = find_checkpoint(args.resume, args.output_dir) if args.resume else None
-    if train_rows is None:
-        keys = dict(problem_key=args.problem_key, answer_key=args.answer_key)
-        keys.update(solution_key=args.solution_key, with_solutions=args.privileged == "solution")
-        rows = load_problems(args.dataset, split=args.split, config=args.dataset_config, **keys)
-        train_rows, held_out = split_train_val(
-            rows, args.val_fraction, args.eval_problems, args.seed
-        )
-        val_rows = held_out if val_rows is None else val_rows
-    if not train_rows:
-        raise DataError("no training problems after the train/validation split")
-
-    model_dir = os.path.join(ckpt, "model") if ckpt else args.model
-    model, tokenizer = load_model(model_dir, device=device, dtype=torch.float32)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if ws > 1:  # every rank starts from rank 0's weights
-        for t in model.state_dict().values():
-            dist.broadcast(t, 0)
-    teacher = build_teacher(args, model, ckpt, device)
-    if device.type == "cuda":  # size micro-batches (and checkpointing) to the card
-        teacher_bytes = 0 if teacher is model else sum(p.nbytes for p in teacher.parameters())
-        memory_line = plan_memory(args, model, amp, ws, teacher_bytes)
-        if rank == 0:
-            print(memory_line)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, betas=tuple(args.adam_betas), eps=args.adam_eps,
-        weight_decay=args.weight_decay,
-    )  # fmt: skip
-    warm = args.warmup_steps  # linear warm-up from 0.1x to 1x over `warm` steps, then constant
-    schedule = lambda s: 1.0 if s >= warm else 0.1 + 0.9 * s / warm
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    eos_ids = eos_token_ids(tokenizer, model)
-    state = {"step": 0, "data_pos": 0, "bad_steps": 0, "skipped_steps": 0, "best": {}}
-    state["skipped_long_prompts"] = 0  # plain or privileged prompts with no room to generate
-    state["reinject_queue"] = []  # (step distilled, training-row index), global (--reinject-delay)
-    paths = {k: os.path.join(args.output_dir, k + ".jsonl") for k in ("metrics", "samples", "eval")}
-    if ckpt:
-        restore_checkpoint(ckpt, optimizer, scheduler, state, args.seed)
-        if rank == 0:
-            rewind_outputs(args.output_dir, state["step"], paths.values())
-            print(f"resumed from {ckpt} at step {state['step']}")
-    else:
-        seed_everything(args.seed + rank)
-    gen = dict(
-        temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-        batch_size=args.generation_batch_size, max_seq_len=args.max_seq_len, eos_ids=eos_ids,
-    )  # fmt: skip
-    if rank == 0:
-        print(
-            f"HDPO | model {args.model} | {len(train_rows)} train rows "
-            f"({len({r['problem'] for r in train_rows})} distinct problems) / "
-            f"{len(val_rows or [])} val problems | world {ws} | "
-            f"λ={args.distill_weight} teacher={args.teacher} | "
-            f"{args.prompts_per_step}x{args.num_generations} rollouts/step | device {device}"
-        )
-    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
-    if rank == 0:
-        save_args(args)
-    return SimpleNamespace(
-        args=args, rank=rank, world_size=ws, device=device, amp=amp, model=model,
-        tokenizer=tokenizer, teacher=teacher, optimizer=optimizer, scheduler=scheduler,
-        reward_fn=reward_fn, train_rows=train_rows, val_rows=val_rows, state=state, paths=paths,
-        gen=gen, n_tokens=n_tokens, t_start=time.time(), step_long_prompts=0,
-        trackers=Trackers(args, rank, state["step"]),
-    )  # fmt: skip
+# The teacher (Table 2): drifting (the policy itself) or frozen (the initial weights). The rest of
+# the setup (data, model, optimiser, resume) is training_run.setup_run.
 
 
 def build_teacher(args, model, ckpt, device):
@@ -765,102 +586,8 @@ def build_teacher(args, model, ckpt, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# Bookkeeping: statistics (summed over ranks), validation, logs, checkpoints, the end of a run.
-
-
-def step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losses):
-    """The step's statistics for metrics.jsonl, summed over ranks."""
-    G, (loss_grpo, loss_jsd, n_grpo, n_jsd) = run.args.num_generations, losses
-    solved = (rewards.sum(1) == G).sum()
-    truncated = sum(not o["finished"] for o in rollouts)
-    local = [len(batch), cliffs.sum(), rewards.sum(), rewards.numel(), solved, len(priv_ok)]
-    local += [sum(priv_ok), len(pairs), truncated, run.step_long_prompts]
-    n, n_cliffs, r_sum, n_roll, n_solved, n_priv, n_ok, n_pairs, n_trunc, n_long = all_sum(
-        local, run.device
-    )
-    # entropy: each rollout's sum of per-token entropies (nats; the engine's decode loop) over the
-    # step's completion tokens, the mean per-token entropy; None if a rollout on a rank has none
-    h, tokens = [o.get("entropy") for o in rollouts], [len(o["completion_ids"]) for o in rollouts]
-    h_sum, h_missing, h_tokens = all_sum(
-        [sum(x or 0.0 for x in h), h.count(None), sum(tokens)], run.device
-    )
-    run.state["skipped_long_prompts"] += int(n_long)  # global, so every rank holds the same count
-    return {
-        "step": run.state["step"],
-        "reward_mean": r_sum / max(n_roll, 1),
-        "cliff_fraction": n_cliffs / max(n, 1),
-        "num_cliffs": int(n_cliffs),
-        "num_prompts": int(n),
-        "solved_fraction": n_solved / max(n, 1),
-        "privileged_rollouts": int(n_priv),
-        "privileged_pass_rate": n_ok / n_priv if n_priv else None,
-        "distill_sequences": int(n_pairs),
-        "distill_tokens": n_jsd,
-        "grpo_tokens": n_grpo,
-        "completion_len_mean": n_grpo / max(n_roll, 1),
-        "truncated_fraction": n_trunc / max(n_roll, 1),
-        "entropy": h_sum / h_tokens if h_tokens and not h_missing else None,
-        "loss_grpo": loss_grpo,
-        "loss_jsd": loss_jsd,
-        "loss": loss_grpo + run.args.distill_weight * loss_jsd,
-        "skipped_long_prompts": run.state["skipped_long_prompts"],
-        "world_size": run.world_size,
-        **reinject_statistics(run, rewards, cliffs),  # only with --reinject-delay
-    }
-
-
-def reinject_statistics(run, rewards, cliffs):
-    """With --reinject-delay: the step's re-injected prompts, how many of them were solved (at
-    least one correct rollout) and how many were cliffs again (summed over ranks); the prompts
-    queued this step and the queue's length after it (global already)."""
-    if not run.args.reinject_delay:
-        return {}
-    again = torch.tensor(run.step_reinjected, dtype=torch.bool)  # [P] re-injected prompts
-    local = [again.sum(), (again & (rewards.sum(1) > 0)).sum(), (again & cliffs).sum()]
-    n, solved, cliff_again = all_sum(local, run.device)
-    return {
-        "reinjected": int(n),
-        "reinjected_solved": int(solved),
-        "reinjected_cliffs": int(cliff_again),
-        "reinject_queued": run.step_queued,
-        "reinject_queue": len(run.state["reinject_queue"]),
-    }
-
-
-def validate(model, tokenizer, val_rows, args, reward_fn, amp):
-    """Greedy accuracy and pass@k on the validation problems, sharded over ranks and gathered."""
-    rank, ws = world()
-    shard = val_rows[rank::ws]
-    with amp():
-        res = evaluate(
-            model, tokenizer, [r["problem"] for r in shard], [r["answer"] for r in shard],
-            n=args.eval_n, ks=args.eval_k, temperature=args.temperature,
-            max_new_tokens=args.max_new_tokens, batch_size=args.generation_batch_size,
-            max_seq_len=args.max_seq_len, progress=rank == 0, reward_fn=reward_fn,
-        )  # fmt: skip
-    per_problem = res["per_problem"]
-    if ws > 1:
-        gathered = [None] * ws
-        dist.all_gather_object(gathered, per_problem)
-        per_problem = [p for g in gathered for p in g]
-    return summarize(per_problem, args.eval_k, args.eval_n)
-
-
-def validate_if_due(run):
-    """Every --eval-every steps and at the last step: validation, eval.jsonl with the best so
-    far (the paper's table reports the best over the run). -> the val_* fields of the step."""
-    args, step, best = run.args, run.state["step"], run.state["best"]
-    if not (args.eval_every and run.val_rows):
-        return {}
-    if step % args.eval_every and step != args.max_steps:
-        return {}
-    res = validate(run.model, run.tokenizer, run.val_rows, args, run.reward_fn, run.amp)
-    scores = {k: v for k, v in res.items() if k.startswith(("greedy", "pass@"))}
-    for k, v in scores.items():
-        if v is not None:
-            best[k] = max(best.get(k, v), v)
-    log_eval(run, {"step": step, **res, "best": dict(best)})  # eval.jsonl and the trackers
-    return {"val_" + k: v for k, v in scores.items()}
+# Entry point: flags, torchrun, one-line errors. Statistics and validation: training_run.py;
+# logs, checkpoints and the end of a run: plumbing.py.
 
 
 def main(argv=None):

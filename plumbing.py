@@ -350,7 +350,7 @@ class TrainingError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------
 # The training loop's bookkeeping: console line and JSONL rows, checkpoints when due, the end of a
-# run. `run` is the namespace hdpo.setup_run builds.
+# run. `run` is the namespace training_run.setup_run builds.
 
 
 def log_step(run, row, batch, rollouts, rewards, owners, priv, priv_ok):

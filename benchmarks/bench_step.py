@@ -387,11 +387,13 @@ def _read_metrics(out, warmup):
     }
 
 
-def _watch_steps(hdpo):
+def _watch_steps():
     """Per step: process CPU time (user + system, all threads) and peak RSS so far, noted when
     hdpo.train writes the step's metrics row (right after step_time_s is taken)."""
+    import plumbing  # log_step writes metrics.jsonl through plumbing.append_jsonl
+
     seen = {"cpu": [], "hwm_mb": [], "t0": _cpu()}
-    real = hdpo.append_jsonl
+    real = plumbing.append_jsonl
 
     def append_jsonl(path, row):
         if path.endswith("metrics.jsonl"):
@@ -401,7 +403,7 @@ def _watch_steps(hdpo):
             seen["hwm_mb"].append(proc_status_kb("VmHWM") / 1024)
         return real(path, row)
 
-    hdpo.append_jsonl = append_jsonl
+    plumbing.append_jsonl = append_jsonl
     return seen
 
 
@@ -416,7 +418,7 @@ def child_hdpo(cfg):
 
     out = tempfile.mkdtemp(prefix="bench_hdpo_")
     args = _hdpo_args(cfg, out, 0.0)
-    seen = _watch_steps(hdpo)
+    seen = _watch_steps()
     rows = load_rows(cfg["prompts"], cfg["dataset"])
     hdpo.train(args, train_rows=rows, val_rows=[], reward_fn=bench_reward)
     return {
@@ -447,7 +449,7 @@ def child_hdpo_cliffs(cfg):
     reward = lambda text, answer: float(text in privileged_texts)
     out = tempfile.mkdtemp(prefix="bench_hdpo_cliffs_")
     args = _hdpo_args(cfg, out, cfg["distill_weight"])
-    seen = _watch_steps(hdpo)
+    seen = _watch_steps()
     rows = load_rows(cfg["prompts"], cfg["dataset"])
     hdpo.train(args, train_rows=rows, val_rows=[], reward_fn=reward)
     return {

@@ -40,6 +40,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+import data  # noqa: E402
 import hdpo  # noqa: E402
 
 
@@ -145,7 +146,7 @@ def main(argv=None):
     flags += ["--max-new-tokens", str(a.max_new_tokens), "--eval-every", "0", "--output-dir", out]
     flags += ["--distill-weight", "0.1" if a.cliffs else "0", "--samples-per-step", "0", *a.extra]
     args = hdpo.parse_args(flags)
-    rows = hdpo.load_problems(args.dataset)[:64]
+    rows = data.load_problems(args.dataset)[:64]
     steps = []
     original_step = hdpo.step_statistics
 

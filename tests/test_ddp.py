@@ -20,6 +20,8 @@ import torch
 from conftest import DATA, ROOT
 
 import hdpo
+import plumbing
+import training_run
 
 HERE = os.path.abspath(__file__)
 CASES = ("even", "uneven", "idle")  # how the fixed batch is split over the 2 ranks
@@ -139,7 +141,7 @@ def worker_grad(out_dir):
     import functools
 
     rank, ws = init_gloo()
-    assert ws == 2 and hdpo.world() == (rank, 2)
+    assert ws == 2 and plumbing.world() == (rank, 2)
     # small all-reduce buckets: the small model's gradients travel in many of them
     hdpo.all_reduce_grads = functools.partial(hdpo.all_reduce_grads, bucket_elements=3000)
     res = {f"{c}/{t}": case_gradients(c, t, rank) for c in CASES for t in TEACHERS}
@@ -157,19 +159,20 @@ def worker_train(model_dir, out_dir):
     fake.reward = hash_reward
     sys.modules["verify"] = fake
     policy, seen = {}, {}
-    load, train = hdpo.load_model, hdpo.train
+    load, train = training_run.load_model, hdpo.train
 
     def capture(*a, **kw):  # the policy is the first model train() loads
         m, tok = load(*a, **kw)
         if "model" not in policy:
             policy["model"] = m
-            if hdpo.world()[0] == 0:  # rank 0 saves slowly: a rank that does not wait for it shows
+            # rank 0 saves slowly: a rank that does not wait for it shows
+            if plumbing.world()[0] == 0:
                 save = tok.save_pretrained
                 tok.save_pretrained = lambda *a, **kw: (time.sleep(1.0), save(*a, **kw))[1]
         return m, tok
 
     def train_and_record(args, *a, **kw):
-        seen["world"] = list(hdpo.world())
+        seen["world"] = list(plumbing.world())
         out = train(args, *a, **kw)
         seen["steps"] = out["steps"]
         seen["final_on_return"] = all(
@@ -178,7 +181,7 @@ def worker_train(model_dir, out_dir):
         )
         return out
 
-    hdpo.load_model, hdpo.train = capture, train_and_record
+    training_run.load_model, hdpo.train = capture, train_and_record
     hdpo.main(
         [
             "--model",
@@ -367,7 +370,7 @@ def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen
     )  # gradients all-reduced, same update everywhere
     from plumbing import load_model
 
-    ckpt = hdpo.find_checkpoint("latest", str(out))
+    ckpt = plumbing.find_checkpoint("latest", str(out))
     assert os.path.exists(os.path.join(ckpt, "rng-0.pt")) and os.path.exists(
         os.path.join(ckpt, "rng-1.pt")
     )

@@ -12,6 +12,7 @@ import torch
 from conftest import DATA, ROOT
 
 import hdpo
+import plumbing
 
 LN2 = math.log(2.0)
 
@@ -466,7 +467,7 @@ def test_training_loop_distils_exactly_the_r1_privileged_rollouts_and_frozen_tea
     assert sum(m["distill_sequences"] for m in metrics) > 0, "the test needs some distillation"
     from plumbing import load_model
 
-    ckpt = hdpo.find_checkpoint("latest", str(tmp_path / "run"))
+    ckpt = plumbing.find_checkpoint("latest", str(tmp_path / "run"))
     init = load_model(tiny_qwen_dir, device="cpu")[0].state_dict()
     teacher = load_model(os.path.join(ckpt, "teacher"), device="cpu")[0].state_dict()
     policy = load_model(os.path.join(ckpt, "model"), device="cpu")[0].state_dict()
@@ -486,7 +487,7 @@ def test_drifting_teacher_is_the_current_policy(tiny_qwen_dir, tmp_path):
         "1",
     )
     hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
-    ckpt = hdpo.find_checkpoint("latest", str(tmp_path / "run"))
+    ckpt = plumbing.find_checkpoint("latest", str(tmp_path / "run"))
     assert not os.path.exists(os.path.join(ckpt, "teacher"))  # no copy: the teacher is π_θ itself
 
 
@@ -686,7 +687,7 @@ def run_short(model_dir, out, *flags, steps=3):
                       *flags)  # fmt: skip
     hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
     weights = load_model(str(out / "final"), device="cpu", dtype=torch.float32)[0].state_dict()
-    ckpt = hdpo.find_checkpoint("latest", str(out))
+    ckpt = plumbing.find_checkpoint("latest", str(out))
     trainer = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)
     return read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "samples.jsonl"), weights, trainer
 

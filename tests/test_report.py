@@ -15,6 +15,7 @@ from conftest import ROOT
 from test_hdpo import hash_reward, read_jsonl, rows, train_args
 
 import hdpo
+import plumbing
 import report
 
 STEPS = 4
@@ -244,7 +245,7 @@ def test_trackers_are_rank_0_only(tmp_path):
     args = hdpo.parse_args(
         ["--output-dir", str(tmp_path), "--report-to", "tensorboard", "wandb", "trackio"]
     )
-    t = hdpo.Trackers(args, rank=1)  # never imports or opens anything on another rank
+    t = plumbing.Trackers(args, rank=1)  # never imports or opens anything on another rank
     assert t.trackers == []
     t.log_step({"step": 1, "reward_mean": 0.5}, [])
     t.log_eval({"step": 1, "greedy": 0.5})

@@ -415,7 +415,7 @@ def test_sigterm_saves_a_checkpoint_that_resume_continues(tiny_qwen_dir, tmp_pat
     text = "".join(lines)
     assert proc.returncode == 130, "expected exit 130 after a checkpoint on SIGTERM: " + text
     assert "checkpoint:" in text, text + (tmp_path / "stderr.txt").read_text()
-    ckpt = hdpo.find_checkpoint("latest", str(out))
+    ckpt = plumbing.find_checkpoint("latest", str(out))
     step = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)["step"]
     assert 1 <= step < 1000 and not leftovers(out)
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, step + 1))
