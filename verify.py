@@ -68,7 +68,9 @@ TAIL = 2000               # the last $...$ and the last number are looked for in
 Tup = namedtuple("Tup", "items")        # (a, b), [1, 2, 3]: ordered
 Set = namedtuple("Set", "items")        # {a, b}, \{a, b\}: unordered
 Lst = namedtuple("Lst", "items")        # a, b / a and b: unordered, but read in order against a Tup
-Rel = namedtuple("Rel", "ops parts")    # parts[0] ops[0] parts[1] ...; ops among = < <= > >= !=
+Rel = namedtuple("Rel", "ops parts head", defaults=("",))  # parts[0] ops[0] parts[1] ...; ops among
+#                                       = < <= > >= !=; head: the text of parts[0] as written
+Clock = namedtuple("Clock", "seconds")  # 20:34 and 20:34:00 as a time of day
 PM = sp.Symbol("±")                     # \pm while parsing; _expand_pm splits it into two values
 
 
@@ -78,19 +80,31 @@ class _Fail(Exception):
 
 # ----------------------------------------------------------------------------- extraction
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
-_PHRASE = re.compile(r"(?i)(?:final answer(?:\s+is)?|\banswer\s+is|####)\s*:?")
+_ANSWER_WORDS = ("answer|réponse|respuesta|antwort|risposta|resposta|ответ|उत्तर|الإجابة|الجواب|答案|答え|"
+                 "정답")
+_PHRASE = re.compile(r"(?i)(?:final answer(?:\s+is)?|\banswer\s+is|####)\s*:?"  # an "Answer:" label
+                     rf"|(?:^|(?<=[\n.!?。！？*#>]))[ \t*#>]{{0,8}}(?:{_ANSWER_WORDS})\s*(?:\*\*)?\s*[:：]")
 _SEGMENT = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
-_NUMBER = re.compile(r"(?<![\w.])(?:(?<![\d)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?(?:/\d+)?(?:\s*%)?"
-                     r"|(?<![\w.])\.\d+")
-_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+_NUMBER = re.compile(r"(?:(?<![\d)}])-)?(?<![0-9A-Za-z_.])(?:\d+\s*)?\\[dt]?frac\s*(?:\{\d+\}|\d)(?:\{\d+\}|\d)"
+                     r"|(?<![0-9A-Za-z_.])(?:(?<![\d)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?(?:/\d+)?"
+                     r"(?:\s*%)?|(?<![0-9A-Za-z_.])\.\d+")  # a number glued to CJK text counts: 共有13只
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_MARKS = "\u0300-\u036f\u0483-\u0489\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0900-\u0dff"
+# a word in any script: each CJK character, else 3+ letters (with Indic and Arabic combining marks)
+_WORD = re.compile(rf"[{_CJK}]|(?<![\\])(?<![^\W\d_])(?:[^\W\d_]|[{_MARKS}]){{3,}}")
 _NOT_PROSE = frozenset({"and", "percent", "percentage", "pct", "degrees"})
 _LATEX = re.compile(r"\\boxed|\\fbox|\$|\\\(|\\\[")
 
 
 def _clean(text):
-    # NUL bytes; doubled backslashes before commands (\\frac -> \frac), as in escaped JSON dumps
+    """NUL bytes out; doubled backslashes of escaped dumps halved: \\\\frac -> \\frac before the usual
+    commands, and every backslash run halved when no command has a single one (an escaped matrix:
+    \\\\begin{matrix} 1 \\\\\\\\ 2 \\\\end{matrix})."""
+    text = str(text).replace("\x00", "")
+    if re.search(r"(?<!\\)\\\\[a-zA-Z]", text) and not re.search(r"(?<!\\)\\[a-zA-Z]", text):
+        return re.sub(r"\\\\", lambda m: "\\", text)
     return re.sub(r"(?<!\\)\\\\(?=(?:boxed|frac|dfrac|tfrac|left|right|sqrt|text|le|ge|leq|geq|pi|cdot|times|pm|"
-                  r"infty|in|cup|mathrm)(?![a-zA-Z]))", r"\\", str(text).replace("\x00", ""))
+                  r"infty|in|cup|mathrm)(?![a-zA-Z]))", r"\\", text)
 
 
 def _box_content(text, i):
@@ -108,6 +122,21 @@ def _box_content(text, i):
     return text[i + 1:end], end
 
 
+_CONJ = frozenset({"and", "or", "und", "oder", "et", "ou", "和", "或", "与", "及"})
+_REVISION = frozenset({"but", "thus", "so", "therefore", "hence", "wait", "actually", "instead", "however",
+                       "rather", "not", "no", "wrong", "correction", "mais", "donc", "aber", "但", "所以"})
+
+
+def _list_gap(gap):
+    """Two boxes form one answer when only punctuation separates them, or a short phrase with one
+    "and"/"or" and labels ("\\boxed{1} papers and \\boxed{2}", "for part (a) and", "and y_2 =").
+    More conjunctions, or a word that concludes or revises ("... thus but \\boxed{2}", "wait, so"),
+    make it prose: the later box restates or replaces the answer, and it alone counts."""
+    words = re.sub(r"\\[a-zA-Z]+|[\s$\\{}()\[\],;.:+&~*=_^]", " ", gap).lower().split()
+    return not words or (len(gap) <= 60 and sum(w in _CONJ for w in words) == 1
+                         and not _REVISION.intersection(words))
+
+
 def _boxes(text):
     """(content of the last box joined with the boxes just before it, end of the last box)."""
     spans = []
@@ -119,10 +148,8 @@ def _boxes(text):
     if not spans:
         return None, -1
     group = [spans[-1]]
-    for s in reversed(spans[:-1]):  # join while the gap is only punctuation, or a short "... and ..."
-        gap = text[s[1]:group[0][0]]
-        words = re.sub(r"\\[a-zA-Z]+|[\s$\\{}()\[\],;.:+&~]", " ", gap).split()
-        if words and not (len(gap) <= 60 and {"and", "or"} & set(words)):
+    for s in reversed(spans[:-1]):  # join while the gap reads as a list separator
+        if not _list_gap(text[s[1]:group[0][0]]):
             break
         group.insert(0, s)
     return ", ".join(dict.fromkeys(c.strip() for _, _, c in group)), spans[-1][1]
@@ -146,10 +173,16 @@ def _last_number(s):
 
 
 def _finish_phrase(snippet):
-    """The answer in "... the final answer is $X$. I hope it is correct." / "... the volume is 120"."""
-    s = re.split(r"\n\s*\n|\bI hope\b|(?<=\S)\.(?:\s|$)|\n(?=\S)", snippet.strip(), maxsplit=1)[0]
-    s = re.sub(r"\\?\$|\\[()\[\]]|\\?\"|\*\*", " ", re.split(r"\s+is\s+", s)[-1]).strip(" .,:;")
-    return (_last_number(s) or s) if _is_prose(s) else (s or None)
+    """The answer in "... the final answer is $X$. I hope it is correct." / "... the volume is 120".
+    When a sentence of prose follows, its first math segment, else its first number: the phrase
+    announces the answer, later numbers are context ("Réponse: il paiera 220 $ d'ici 12 mois")."""
+    s = re.split(r"\n\s*\n|\bI hope\b|(?<=\S)\.(?:\s|$)|[。！？]|\n(?=\S)", snippet.strip(), maxsplit=1)[0]
+    s = re.split(r"\s+is\s+", s)[-1]
+    plain = re.sub(r"\\?\$|\\[()\[\]]|\\?\"|\*\*", " ", s).strip(" .,:;")
+    if not _is_prose(plain):
+        return plain or None
+    seg, num = _SEGMENT.search(s), _NUMBER.search(plain)
+    return next(g for g in seg.groups() if g is not None).strip() if seg else num.group(0) if num else plain
 
 
 def extract_answer(text):
@@ -180,26 +213,35 @@ def _gold_text(answer):
 
 # ----------------------------------------------------------------------------- normalisation
 _UNWRAP = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|textup|mbox|hbox|mathrm|mathbf|mathit|mathsf|rm|"
-                     r"operatorname)\s*\{([^{}]*)\}")
+                     r"operatorname|mathcal|mathscr|mathfrak|mathtt|mathnormal|bm)\s*\{([^{}]*)\}")
 _TEXT_UNIT = re.compile(r"(?<=[\w})\]!.])\s*\\(?:text|textnormal|textrm|mbox)\s*\{\s*[a-zA-Z][a-zA-Z\s.]+\}"
                         r"(?:\s*\^\s*\{?\d\}?)?\s*$")  # a unit in \text{} after the math: 2\pi \text{ cm}^2
 _PERCENT = re.compile(r"\\?%|\bpercent(?:age)?\b|\bpct\b")
+_DEG = r"\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree(?![a-zA-Z]))"
+_DEG_NUMBER = re.compile(r"(\d+(?:\.\d+)?)" + _DEG)
 _RULES = tuple((re.compile(p), r) for p, r in (
-    (r",\\!\s*(?=\d{3})", ""),                                          # thousands: 10,\!000
+    (r",\\!\s*(?=\d{3})|(?<=\d),\\!\s*(?=\d)", ""),  # digit groups of any size: 10,\!000, 56,\!01,\!78
     (r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)", ""),                           # thousands: 14{,}916
     (r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle)(?![a-zA-Z])", ""),  # sizing
     (r"\\[dtc]frac(?![a-zA-Z])", r"\\frac"),                           # \dfrac, \tfrac, \cfrac
     (r"(?<!\\)\\(?:qquad|quad|thinspace|enspace|[,;:! ])|~", " "),     # spacing
-    (r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree(?![a-zA-Z])", ""),  # degrees: 90^\circ
+    (r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-zA-Z])(?:\s*\^\s*(?:\{[^{}]*\}|\d))?\s*(?:\((?:[^()]|\([^()]*\))*\)"
+     r"|\{(?:[^{}]|\{[^{}]*\})*\}|\d+(?:\.\d+)?" + _DEG + ")",  # degrees in a trig argument are an angle:
+     lambda m: _DEG_NUMBER.sub(r"(\1\\pi/180)", m[0])),                # \sin(90^\circ - x) = \sin(\pi/2 - x)
+    (r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree(?![a-zA-Z])", ""),  # other degrees: 90^\circ = 90
     (r"²", "^2"), (r"³", "^3"),                                        # unicode powers
     (r"\\[()\[\]]|\\?\$", " "),                                        # math delimiters, dollar signs
     (r"\\begin\{(?:[pbvBV]?|small)matrix\}|\\begin\{array\}\{[^{}]*\}", r" \\matbegin "),  # matrices
     (r"\\end\{(?:[pbvBV]?|small)matrix\}|\\end\{array\}", r" \\matend "),
     (r"\\mathbb\s*\{?R\}?", r"\\reals"),                               # the real line
     (r"\\(?:overline|vec|hat|bar|widehat|tilde|boldsymbol|overrightarrow)(?![a-zA-Z])", ""),  # accents
-    (r"(?<![\d.^_])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}", r"(\1+\2/\3)"),  # mixed numbers: 1\frac{4}{5}
+    (r"(?<![\d.^_])(\d+)\s*\\frac\s*(?:\{(\d+)\}|(\d))\s*(?:\{(\d+)\}|(\d))",  # mixed numbers: 1\frac{4}{5},
+     lambda m: f"({m[1]}+{m[2] or m[3]}/{m[4] or m[5]})"),                 # 1\frac12
+    (r"(?<![\d.^_/,])(\d+) +(\d+)/(\d+)(?![\d./])",                          # 3128 1/2 (a proper fraction)
+     lambda m: f"({m[1]}+{m[2]}/{m[3]})" if int(m[2]) < int(m[3]) else m[0]),
     (r"\s+(?:and|or)\s+|\s*,\s*(?:and|or)\s+|(?<=[\d)\]}])\s*(?:and|or)\s*(?=[-A-Za-z(\\])", ","),  # 1 and 2
     (r"(?<=[\d}])\s+[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]{2,}\.?)*(?:\s*\^\s*\{?\d\}?)?(?=\s*(?:$|[,;)\]]|\\\}))", ""),  # units
+    (r"(?<=\d)[a-zA-Z]{4,}\.?(?=\s*(?:$|[,;)\]]|\\\}))", ""),  # a glued unit word (4+ letters are a word): 10weeks
     (r"^\s*\(\s*([A-Z]|[A-Za-z][A-Za-z ]*[a-z])\s*\)\s*$", r"\1"),  # multiple choice (C) -> C; (east) -> east
     (r"(?<![\\a-zA-Z])(sqrt|sin|cos|tan|log|ln|exp|pi)(?![a-zA-Z])", r"\\\1"),  # plain sqrt(2), pi
 ))
@@ -217,7 +259,7 @@ def _prep(s):
     s = _PERCENT.sub(" ", s)
     for pattern, repl in _RULES:
         s = pattern.sub(repl, s)
-    s = s.rstrip(" ,;:.").lstrip(" ,;:")  # surrounding punctuation; a leading dot may start .5
+    s = s.rstrip(" ,;:.\\").lstrip(" ,;:")  # surrounding punctuation, a stray trailing backslash (185\)
     return (s[1:] if s.startswith(".") and not s[1:2].isdigit() else s).strip(), pct
 
 
@@ -339,7 +381,7 @@ class _Parser:
             return Lst(tuple(Tup(tuple(_value_of(x) for x in g)) for g in groups))
         flat = [x for g in groups for x in g]
         _need(flat, "empty")
-        return flat[0] if len(flat) == 1 else Lst(tuple(flat))
+        return flat[0] if len(flat) == 1 else _solutions(flat) or Lst(tuple(flat))
 
     def items(self, seps=(",",)):
         out = []
@@ -350,16 +392,24 @@ class _Parser:
                 return out
 
     def relation(self):
+        start = self.i
         parts, ops = [self.union()], []
+        head = "".join(t for _, t in self.toks[start:self.i])
         while self.peek()[0] == "rel":
             ops.append(self.take()[1])
             parts.append(self.union())
-        if "~" in ops and "=" in ops:  # x = 1/3 \approx 0.33: drop the approximation
-            parts, ops = parts[:ops.index("~") + 1], ops[:ops.index("~")]
-        ops = tuple("=" if o in ("~", "in") else o for o in ops)
+        if "~" in ops:  # an \approx tail restates the value: \frac{\sqrt3}{3} \approx 0.577 is \frac{\sqrt3}{3}
+            k = ops.index("~")
+            if k == 0 and _is_label(parts[0]):  # x \approx 11 names the value: x = 11
+                ops[0] = "="
+                k = ops.index("~") if "~" in ops else len(ops)
+            parts, ops = parts[:k + 1], ops[:k]
+        ops = tuple("=" if o == "in" else o for o in ops)
         if not ops:
             return parts[0]
-        return parts[-1] if set(ops) == {"="} and len(parts) > 2 else Rel(ops, tuple(parts))  # a = b = c: c
+        if set(ops) == {"="} and len(parts) > 2:  # a = b = c: c
+            return parts[-1]
+        return Rel(ops, tuple(parts), head)
 
     def union(self):
         v, ops, sets = self.expr(), [], []
@@ -390,6 +440,13 @@ class _Parser:
         factors = [self.unary()]
         while True:
             kind, text = self.peek()
+            if text in ("\\bmod", "\\mod"):  # 17 \bmod 5: the remainder of the product so far
+                self.take()
+                b = self.unary()
+                _need(_is_expr(b, *factors) and not any(x.is_Matrix for x in factors + [b]), "mod")
+                a = sp.Mul(*factors)
+                factors = [sp.Mod(a, b) if a.is_Integer and b.is_Integer and b != 0 else sp.Mod(a, b, evaluate=False)]
+                continue
             if text in _MUL or text in _DIV:
                 self.take()
                 w = self.unary()
@@ -497,6 +554,8 @@ class _Parser:
             return sp.binomial(n, k)
         if text in ("\\sum", "\\prod"):
             return self.big_operator(text)
+        if text == "\\lim":
+            return self.limit()
         if text == "\\matbegin":
             return self.matrix()
         if kind == "cmd" and text[1:] in _FUNCS:
@@ -532,6 +591,21 @@ class _Parser:
         small = lo.is_Integer and hi.is_Integer and 0 <= hi - lo <= 100 and body.is_polynomial(var)
         return v.doit() if small else v
 
+    def limit(self):
+        """\\lim_{x \\to a} body: an unevaluated Limit, closed in x (its value is not computed)."""
+        self.expect("_")
+        self.expect("{")
+        var = self.atom()
+        _need(isinstance(var, sp.Symbol) and self.accept("\\to", "\\rightarrow"), "limit variable")
+        start, depth = self.i, 0
+        while depth or self.peek()[1] != "}":  # the point, up to the closing brace
+            depth += {"{": 1, "}": -1}.get(self.take()[1], 0)
+        point = re.sub(r"\^\s*\{?\s*[-+]\s*\}?\s*$", "", " ".join(t for _, t in self.toks[start:self.i]))
+        self.expect("}")
+        point, body = _Parser(point).parse(), self.term()
+        _need(_is_expr(point, body) and not (point.is_Matrix or body.is_Matrix), "limit")
+        return sp.Limit(body, var, point)
+
     def matrix(self):
         rows, row = [], []
         while True:
@@ -559,9 +633,43 @@ def _is_label(x):
             and all(n in (1, -1) for n in x.atoms(sp.Number)))
 
 
+def _same_name(g, p, cx):
+    """The left sides of two equations name the same thing: they are equal; or they are one function
+    letter applied to a variable each (W(x) and W(n): the argument is a dummy); or one is y and the
+    other f(x) with a right side in x (y = 2x + 3 is the function f(x) = 2x + 3). Otherwise the left
+    side is part of the answer: f(x) = 1/2 is not g(x) = 1/2, \\cos x = 1/2 not \\sin x = 1/2."""
+    if _eq(g.parts[0], p.parts[0], cx):
+        return True
+    calls = [re.fullmatch(r"([A-Za-z])\(([A-Za-z])\)", r.head) for r in (g, p)]
+    if all(calls):
+        return calls[0].group(1) == calls[1].group(1)
+    for call, r, other in ((calls[0], g, p), (calls[1], p, g)):
+        if call and other.head == "y" and call.group(2) != "y":
+            return sp.Symbol(call.group(2)) in getattr(r.parts[1], "free_symbols", ())
+    return False
+
+
+def _closed(x):
+    return isinstance(x, sp.Expr) and not x.is_Matrix and not x.free_symbols
+
+
 def _value_of(x):
-    """x = 5 -> 5 when the left side only names the answer."""
-    return x.parts[1] if isinstance(x, Rel) and x.ops == ("=",) and _is_label(x.parts[0]) else x
+    """x = 5 -> 5 when the left side only names the answer, 17 \\bmod 5 = 2 -> 2 when both are closed."""
+    if isinstance(x, Rel) and x.ops == ("=",) and (_is_label(x.parts[0]) or all(map(_closed, x.parts))):
+        return x.parts[1]
+    return x
+
+
+def _solutions(items):
+    """p = 5, q = 2, p = 7, q = 2 -> (5, 2), (7, 2): assignments that cycle through the same names are
+    one solution tuple per cycle; None when the list is anything else."""
+    if not all(isinstance(x, Rel) and x.ops == ("=",) and _is_label(x.parts[0]) for x in items):
+        return None
+    names = [x.parts[0] for x in items]
+    k = names.index(names[0], 1) if names[0] in names[1:] else 0
+    if k < 2 or len(names) % k or len(set(names[:k])) < k or any(n != names[i % k] for i, n in enumerate(names)):
+        return None
+    return Lst(tuple(Tup(tuple(x.parts[1] for x in items[i:i + k])) for i in range(0, len(items), k)))
 
 
 def _expand_pm(v):
@@ -569,7 +677,7 @@ def _expand_pm(v):
     if isinstance(v, sp.Expr) and v.has(PM):
         return Set((v.subs(PM, 1), v.subs(PM, -1)))
     if isinstance(v, Rel):
-        return Rel(v.ops, tuple(_expand_pm(p) for p in v.parts))
+        return v._replace(parts=tuple(_expand_pm(p) for p in v.parts))
     if not isinstance(v, (Set, Lst, Tup)):
         return v
     items = []
@@ -579,7 +687,7 @@ def _expand_pm(v):
             items.extend(e.items)
         elif not isinstance(v, Tup) and isinstance(e, Rel) and e.ops == ("=",) and isinstance(e.parts[1], Set) \
                 and isinstance(it.parts[1], sp.Expr):  # x = 1 \pm 2 -> x = 3, x = -1
-            items.extend(Rel(e.ops, (e.parts[0], x)) for x in e.parts[1].items)
+            items.extend(e._replace(parts=(e.parts[0], x)) for x in e.parts[1].items)
         else:
             items.append(e)
     return type(v)(tuple(items))
@@ -608,12 +716,14 @@ def _values(s, plain=False):
     if re.search(r"(?<![\\a-zA-Z])[a-zA-Z]{4,}", re.sub(r"_\{[^{}]*\}", "", t)) or (
             re.fullmatch(r"[A-Za-z][A-Za-z\s'.-]*", t) and re.search(r"[A-Za-z]{3}", t)):
         return ()  # words: compared as text only
-    texts = [t]
+    texts, out = [t], []
+    clock = re.fullmatch(r"([01]?\d|2[0-4]) ?: ?([0-5]\d)(?: ?: ?([0-5]\d))?", t)
+    if clock:  # a time of day; h:mm is also read below as the ratio h/mm
+        out.append(Clock(int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3] or 0)))
     if re.fullmatch(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|-?\d{1,3}(?: \d{3})+", t):  # 7,425,000 and 1 000
         texts = [re.sub(r"[, ]", "", t)]
     elif re.fullmatch(r"-?\d+,\d+", t) and plain:  # 1000,99 outside LaTeX: a decimal comma, or a list
         texts = [t.replace(",", "."), t]
-    out = []
     for text in texts:
         try:
             v = _expand_pm(_Parser(text).parse())
@@ -807,6 +917,15 @@ def _rel_set(r):
     return result
 
 
+def _bracketed(v):
+    """The items of a bracketed list: (a, b, ...) or [a, b], which the parser reads as an interval."""
+    if isinstance(v, Tup):
+        return v.items
+    if isinstance(v, sp.Interval) and not (v.left_open or v.right_open):
+        return tuple(v.args[:2])
+    return None
+
+
 def _match(gs, ps, cx):
     """Same items up to order and repetition (relations stay apart by their left side: a = 0, b = 0)."""
     if len(gs) > 100 or len(ps) > 100:
@@ -831,13 +950,15 @@ def _eq(g, p, cx):
             lhs = p.parts[0]
             return (_is_label(lhs) or isinstance(lhs, sp.Expr) and not lhs.free_symbols) and _eq(g, p.parts[1], cx)
         return (s := _rel_set(p)) is not None and _eq(g, s, cx)
+    if isinstance(g, Clock) or isinstance(p, Clock):
+        return g == p
     if isinstance(g, Rel) and not isinstance(p, Rel):
         s = _value_of(g) if g.ops == ("=",) else _rel_set(g)
         return s is not None and s is not g and _eq(s, p, cx)
     if isinstance(g, Rel):
         if g.ops == p.ops == ("=",):
-            if _is_label(g.parts[0]) and _is_label(p.parts[0]):
-                return _eq(g.parts[1], p.parts[1], cx)
+            if _is_label(g.parts[0]) and _is_label(p.parts[0]):  # both sides: sin x = 1/2 is not cos x = 1/2
+                return _same_name(g, p, cx) and _eq(g.parts[1], p.parts[1], cx)
             return _same_equation(g, p, cx[1])
         sg, sp_ = _rel_set(g), _rel_set(p)
         if sg is not None and sp_ is not None:
@@ -858,8 +979,12 @@ def _eq(g, p, cx):
         t, o = (g, p) if isinstance(g, Tup) else (p, g)
         if isinstance(o, sp.Interval):  # (a, b) is also an open interval
             return len(t.items) == 2 and o.left_open and o.right_open and _eq(Tup(o.args[:2]), t, cx)
-        if isinstance(o, sp.MatrixBase):  # a vector
-            return 1 in o.shape and _eq(Tup(tuple(o)), t, cx)
+        if isinstance(o, sp.MatrixBase):  # a vector, or a matrix as a list of rows: [[1, 2], [3, 4]]
+            if 1 in o.shape:
+                return _eq(Tup(tuple(o)), t, cx)
+            rows = [_bracketed(r) for r in t.items]
+            return len(rows) == o.rows and all(r is not None and len(r) == o.cols for r in rows) and all(
+                _eq(Tup(tuple(o.row(i))), Tup(r), cx) for i, r in enumerate(rows))
         return isinstance(o, Tup) and len(g.items) == len(p.items) and all(
             _eq(a, b, cx) for a, b in zip(g.items, p.items))
     if isinstance(g, sp.Interval) and isinstance(p, sp.Interval):
@@ -867,6 +992,9 @@ def _eq(g, p, cx):
             _eq(a, b, cx) for a, b in zip(g.args[:2], p.args[:2]))
     if isinstance(g, sp.Union) and isinstance(p, sp.Union):
         return _match(list(g.args), list(p.args), cx)
+    if isinstance(g, sp.MatrixBase) != isinstance(p, sp.MatrixBase):  # [0.5, 1] is also a list
+        items = _bracketed(p if isinstance(g, sp.MatrixBase) else g)
+        return items is not None and _eq(*((g, Tup(items)) if isinstance(g, sp.MatrixBase) else (Tup(items), p)), cx)
     if isinstance(g, sp.MatrixBase) or isinstance(p, sp.MatrixBase):
         return type(g) is type(p) and g.shape == p.shape and all(_eq(a, b, cx) for a, b in zip(g, p))
     if isinstance(g, sp.Set) or isinstance(p, sp.Set):
