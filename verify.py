@@ -82,8 +82,8 @@ class _Fail(Exception):
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _ANSWER_WORDS = ("answer|réponse|respuesta|antwort|risposta|resposta|ответ|उत्तर|الإجابة|الجواب|答案|答え|"
                  "정답")
-_PHRASE = re.compile(r"(?i)(?:final answer(?:\s+is)?|\banswer\s+is|####)\s*:?"  # an "Answer:" label
-                     rf"|(?:^|(?<=[\n.!?。！？*#>]))[ \t*#>]{{0,8}}(?:{_ANSWER_WORDS})\s*(?:\*\*)?\s*[:：]")
+_PHRASE = re.compile(r"(?i)(?:final answer(?:\s+is)?|\banswer\s+is|####)\s*:?"
+                     rf"|(?P<label>(?<![^\W\d_])(?:{_ANSWER_WORDS})\s*(?:\*\*)?\s*[:：])")  # "Answer:"
 _SEGMENT = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
 _NUMBER = re.compile(r"(?:(?<![\d)}])-)?(?<![0-9A-Za-z_.])(?:\d+\s*)?\\[dt]?frac\s*(?:\{\d+\}|\d)(?:\{\d+\}|\d)"
                      r"|(?<![0-9A-Za-z_.])(?:(?<![\d)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?(?:/\d+)?"
@@ -160,6 +160,26 @@ def _is_prose(s):
     return sum(w.lower() not in _NOT_PROSE for w in _WORD.findall(s)) >= 2
 
 
+def _phrase(text, start=0):
+    """The last answer phrase from start on: "final answer is", "answer is", "####", or an "Answer:"
+    label (also "Réponse:", "答案：", ...) that starts a line or a sentence, not "my answer: ..."."""
+    end = len(text)
+    for window in (TAIL, 20 * TAIL, len(text)):  # the end first, each stretch of text scanned once
+        lo, last = max(start, len(text) - window), None
+        for m in _PHRASE.finditer(text, lo, min(len(text), end + 40)):
+            if m.start() >= end:
+                break
+            if m["label"]:  # what precedes it, markdown and spaces aside: nothing, or a sentence end
+                before = text[max(0, m.start() - 9):m.start()].rstrip(" \t*#>")
+                if before and before[-1] not in "\n.!?。！？":
+                    continue
+            last = m
+        if last is not None or lo <= start:
+            return last
+        end = lo
+    return None
+
+
 def _last(pattern, s, start=0):
     m = None
     for m in pattern.finditer(s, start):
@@ -190,7 +210,7 @@ def extract_answer(text):
     text = _clean(text)
     box, box_end = _boxes(text)
     offset = max(0, len(text) - 100_000)  # boxes and phrases are looked for near the end
-    phrase = _last(_PHRASE, text, offset)
+    phrase = _phrase(text, offset)
     if phrase is not None and phrase.start() >= box_end:
         snippet = text[phrase.end():phrase.end() + 500]
         if box is None or re.match(r"""[\s:*"]*(?:[-\d$\\({\[]|[A-E]\b)""", snippet):  # not "answer is correct"
@@ -208,7 +228,8 @@ def extract_answer(text):
 
 def _gold_text(answer):
     answer = _clean(answer)
-    return extract_answer(answer) if _BOX.search(answer) or _PHRASE.search(answer) else answer.strip() or None
+    has_phrase = _phrase(answer, max(0, len(answer) - 100_000)) is not None
+    return extract_answer(answer) if _BOX.search(answer) or has_phrase else answer.strip() or None
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -354,8 +375,8 @@ def _as_set(v):
 class _Parser:
     """list ; relation ; union ; sum ; product (implicit too) ; unary ; power ; postfix ; atom."""
 
-    def __init__(self, text):
-        self.toks, self.i = _tokens(text), 0
+    def __init__(self, text, rounding=False):
+        self.toks, self.i, self.rounding = _tokens(text), 0, rounding
 
     def peek(self):
         return self.toks[self.i] if self.i < len(self.toks) else (None, None)
@@ -392,17 +413,21 @@ class _Parser:
                 return out
 
     def relation(self):
-        start = self.i
-        parts, ops = [self.union()], []
-        head = "".join(t for _, t in self.toks[start:self.i])
+        starts, parts, ops = [self.i], [self.union()], []
         while self.peek()[0] == "rel":
             ops.append(self.take()[1])
+            starts.append(self.i)
             parts.append(self.union())
+        starts.append(self.i + 1)
+        text = lambda j: "".join(t for _, t in self.toks[starts[j]:starts[j + 1] - 1])  # part j as written
+        head = text(0)
         if "~" in ops:  # an \approx tail restates the value: \frac{\sqrt3}{3} \approx 0.577 is \frac{\sqrt3}{3}
             k = ops.index("~")
             if k == 0 and _is_label(parts[0]):  # x \approx 11 names the value: x = 11
                 ops[0] = "="
                 k = ops.index("~") if "~" in ops else len(ops)
+            elif self.rounding and _rounds_to(parts[k], parts[k + 1], text(k + 1)):
+                parts[k] = parts[k + 1]  # the second reading: the stated rounding, when it is one
             parts, ops = parts[:k + 1], ops[:k]
         ops = tuple("=" if o == "in" else o for o in ops)
         if not ops:
@@ -649,6 +674,15 @@ def _same_name(g, p, cx):
     return False
 
 
+def _rounds_to(exact, approx, written):
+    """approx (written with d >= 1 decimals) is exact rounded to d decimals: \\frac{\\sqrt3}{3} \\approx 0.577."""
+    m = re.fullmatch(r"-?\d*\.(\d+)", written)
+    if not (m and _closed(exact) and isinstance(approx, sp.Rational)):
+        return False
+    x = _num(exact)
+    return x is not None and abs(complex(x) - float(approx)) <= 0.5 * 10 ** -len(m[1]) * (1 + 1e-9)
+
+
 def _closed(x):
     return isinstance(x, sp.Expr) and not x.is_Matrix and not x.free_symbols
 
@@ -724,12 +758,13 @@ def _values(s, plain=False):
         texts = [re.sub(r"[, ]", "", t)]
     elif re.fullmatch(r"-?\d+,\d+", t) and plain:  # 1000,99 outside LaTeX: a decimal comma, or a list
         texts = [t.replace(",", "."), t]
-    for text in texts:
+    rounding = (False, True) if re.search(r"\\approx(?![a-zA-Z])|≈", t) else (False,)
+    for text, r in product(texts, rounding):  # r: a second reading of A \approx 0.577, the stated rounding
         try:
-            v = _expand_pm(_Parser(text).parse())
+            v = _expand_pm(_Parser(text, r).parse())
         except Exception:  # _Fail, or sympy refusing (TypeError, ValueError, ...), or RecursionError
             continue
-        if not any(x.has(sp.zoo, sp.nan) for x in _leaves(v)):  # 1/0, 12:00
+        if not any(x.has(sp.zoo, sp.nan) for x in _leaves(v)) and v not in out:  # 1/0, 12:00
             out += [v, v / 100] if pct and isinstance(v, sp.Expr) else [v]
     return tuple(out)
 
@@ -1012,7 +1047,7 @@ def _verify(response, answer, deadline):
         return True
     gvals = _parsed(gold, not _LATEX.search(answer), deadline)
     pvals = _parsed(pred, not _LATEX.search(response), deadline)
-    if not pvals and _WORD.search(pred):  # words around the answer: fall back to its last number
+    if not pvals and _WORD.search(pred[-TAIL:]):  # words around the answer: fall back to its last number
         pvals = _parsed(_last_number(pred) or "", True, deadline)
     decimal = re.compile(r"\d\.\d|(?<!\d)\.\d")  # a decimal on either side: compare with a tolerance
     cx = (deadline, bool(decimal.search(gold) or decimal.search(pred)))

@@ -254,6 +254,122 @@ def test_escaped_double_backslashes():
     check([(r"\\boxed{\\frac{1}{5}}", r"\frac15", True), (r"$x \in [-2,7]$", r"$-2 \\le x \\le 7$", True)])
 
 
+# ----------------------------------------------------------------------------- rules from other graders' suites
+def test_equation_with_different_left_side_is_not_equal():
+    check([(r"\boxed{\cos(x)=\frac{42}{59}}", r"\sin(x)=\frac{42}{59}", False), ("f(x) = 1/2", "g(x) = 1/2", False),
+           ("y = 1/2", "f(x) = 1/2", False), ("a = 3", "b = 3", False), (r"\sin(x)=\frac{42}{59}", r"\sin x=\frac{42}{59}", True),
+           ("W(x)=1 or W(x)=-1", r"W(n) = 1 \text{ and } W(n) = -1", True), ("y = 2x + 3", "f(x) = 2x + 3", True),
+           ("y = 2x + 3", "f(x) = 2x + 4", False), ("f(t) = 2x + 3", "y = 2x + 3", False)])
+
+
+def test_closed_left_side_counts_as_its_value():
+    check([(r"$\lim_{x \to 0} \frac{\sin x}{x} = 1$", "1", True), (r"$17 \bmod 5 = 2$", "2", True),
+           (r"\lim_{x\to 0^+} x = 0", "0", True), ("2 + 3 = 5", "5", True), ("5", "2 + 3 = 5", True),
+           (r"$\lim_{x \to 0} \frac{\sin x}{x} = 1$", "2", False), (r"$17 \bmod 5 = 2$", "3", False),
+           (r"x \bmod 5 = 2", "2", False), (r"12x-4y+3z-169=0", "0", False), ("11a+c", "7 = 11a+c", False)])
+
+
+def test_modulo_operator():
+    check([(r"17 \bmod 5", "2", True), (r"17 \mod 5", "2", True), (r"18 \bmod 5", "2", False)])
+
+
+def test_gold_boxes_separated_by_prose_keep_only_the_last_group():
+    gold = r"\boxed{4} and so, correcting that, \boxed{5} and \boxed{6}"
+    assert extract_answer(gold) == "5, 6"
+    check([(r"$\boxed{5,6}$", gold, True), (r"$\boxed{4,5,6}$", gold, False), (r"\boxed{4}", gold, False),
+           (r"$\boxed{1,2,3}$", r"\boxed{1} and and and or thus but \boxed{2} and \boxed{3}", False)])
+
+
+def test_boxes_joined_by_one_conjunction_are_one_answer():
+    assert extract_answer(r"\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}") == "(3, 3), (1, 1)"
+    assert extract_answer(r"\boxed{3} 和 \boxed{4}") == "3, 4"
+    check([(r"\boxed{1, 2}", r"\boxed{1} and \boxed{2}", True), (r"\boxed{2}", r"\boxed{1} and \boxed{2}", False),
+           (r"\boxed{1} wait, so \boxed{2}", "2", True), (r"\boxed{1} and then, wait, \boxed{2}", "1, 2", False)])
+
+
+def test_answer_in_prose_of_any_script():
+    check([("所以一共有3 + 10 = 13只鸟和鹳鸟。", "13", True), ("因此，杰西开始慢跑前的体重是192公斤。", "192", True),
+           ("计划的比例为13/28", "13/28", True), ("地块面积 = 72000 / 18 = 4000千克", "4000", True),
+           ("لذا، ناتج العملية الحسابية 79 * 2 - 66 هو **92**.", "92", True),
+           ("इसलिए, दुकान में अब 67 कमीजें हैं। ", "67", True), ("所以一共有3 + 10 = 13只鸟和鹳鸟。", "14", False),
+           ("因此，杰西开始慢跑前的体重是192公斤。", "66", False)])
+
+
+def test_answer_labels_in_several_languages():
+    assert extract_answer("Réponse: Janeth aura encore 220 $ à payer d'ici 12 mois.") == "220"
+    assert extract_answer(r"所以 (\frac{1}{2}) 吨。 答案：每份应该是 (\frac{2}{5}) 吨。") == r"\frac{2}{5}"
+    assert extract_answer("Answer: 2x + 3") == "2x + 3"
+    assert extract_answer("**Answer:** 5 apples") == "5 apples"
+    assert extract_answer("I checked my answer: 3 was wrong, the total is 5") == "5"  # not a label
+    check([("Réponse: Janeth aura encore 220 $ à payer d'ici 12 mois.", "12", False), ("Answer: 2x + 3", "2x + 4", False)])
+
+
+def test_approx_tail_is_dropped():
+    check([(r"\boxed{\frac{\sqrt{3}}{3} \approx 0.577}", r"\frac{\sqrt{3}}{3}", True),
+           (r"\boxed{\frac{\sqrt{3}}{3}}", r"\frac{\sqrt{3}}{3} \approx 0.577", True),
+           (r"$\frac{9.5}{3.14159} \approx 3.01$", r"$\frac{9.5}{3.14159}$", True), (r"$x\approx11$", "11", True),
+           (r"\boxed{\frac{\sqrt{3}}{3} \approx 0.577}", r"\frac{\sqrt{2}}{3}", False)])
+
+
+def test_approx_rounding_counts_only_when_it_is_one():
+    check([(r"\boxed{\frac{70}{9} \approx 7.78}", "7.78", True), (r"\boxed{7.78}", r"\frac{70}{9} \approx 7.78", True),
+           (r"\boxed{x = \frac{70}{9} \approx 7.78}", "7.78", True), (r"\boxed{\frac{1}{3} \approx 1.3}", "1.3", False),
+           (r"\boxed{\sqrt{2} \approx 1}", "1", False), (r"\boxed{7.77}", r"\frac{70}{9} \approx 7.78", False)])
+
+
+def test_mixed_numbers_with_bare_digits_and_spaces():
+    check([(r"\boxed{1.5}", "1 1/2", True), (r"\boxed{1.5}", r"1\frac12", True), (r"\boxed{2.625}", r"2\frac58", True),
+           (r"\boxed{3128 1/2}", "3128.5", True), ("1 1/2", "0.5", False), (r"\frac12", "1 1/2", False),
+           (r"\boxed{3128 1/2}", "3128", False)])
+
+
+def test_glued_unit_words():
+    check([(r"\boxed{10}", "10weeks", True), ("10weeks", "10 weeks", True), (r"\boxed{10weeks}", "11", False),
+           ("6abc", "6", False), (r"\boxed{6abc}", "6abc", True)])  # three letters stay a product of symbols
+
+
+def test_trailing_backslash_is_dropped():
+    check([(r"\boxed{185}", "185\\", True), ("185\\", "185", True), ("186\\", "185", False)])
+
+
+def test_thin_space_digit_groups_of_any_size():
+    check([(r"\boxed{56,\!01,\!78,\!95,\!760}", "56017895760", True), (r"\boxed{56017895760}", r"56,\!01,\!78,\!95,\!760", True),
+           (r"\boxed{56,\!01}", "5601", True), (r"\boxed{56,\!01}", "56, 1", False), (r"\boxed{56,\!01,\!78}", "560179", False)])
+
+
+def test_clock_times():
+    check([(r"\boxed{20:34:00}", "20:34", True), ("08:30", "8:30", True), ("20:35:00", "20:34", False),
+           (r"\boxed{20:34:15}", "20:34", False)])
+
+
+def test_font_wrappers_are_dropped():
+    check([(r"\boxed{B}", r"\mathcal{B}", True), (r"\boxed{\mathcal{B}}", "B", True), (r"\mathbf{v}", "v", True),
+           (r"\mathfrak{g}", "g", True), (r"\mathrm{e}^2", "e^2", True), (r"\mathcal{B}", "C", False)])
+
+
+def test_matrices_as_bracketed_lists_and_escaped_dumps():
+    matrix = r"\begin{pmatrix}1&2\\3&4\end{pmatrix}"
+    check([(r"\boxed{[0.5, 1]}", r"\begin{matrix} \frac12 \\ 1 \end{matrix}", True),
+           (r"\boxed{[1, 0.5]}", r"\begin{matrix} \frac12 \\ 1 \end{matrix}", False),
+           (r"\boxed{[[1,2],[3,4]]}", matrix, True), (r"\boxed{[[1,2],[3,5]]}", matrix, False),
+           (r"\boxed{\begin{matrix} x \\ \sqrt{3} + 2I \\ 0.5 \end{matrix}}",
+            r"\\begin{matrix} x \\\\ \\sqrt{3} + 2I  \\\\ \\frac12 \\end{matrix}", True),
+           (r"\boxed{\begin{matrix} x \\ \sqrt{3} + 2I \\ 0.6 \end{matrix}}",
+            r"\\begin{matrix} x \\\\ \\sqrt{3} + 2I  \\\\ \\frac12 \\end{matrix}", False)])
+
+
+def test_degrees_inside_a_trig_argument_are_an_angle():
+    check([(r"\boxed{\cos(x)}", r"\sin(90^{\circ}-x)", True), (r"\boxed{\frac12}", r"\sin 30^\circ", True),
+           (r"\boxed{\frac12}", r"\cos^2(45^\circ)", True), (r"\boxed{\sin(x)}", r"\sin(90^{\circ}-x)", False),
+           (r"\boxed{90}", r"90^\circ", True), (r"\boxed{\frac{\pi}{2}}", r"90^\circ", False)])
+
+
+def test_assignments_cycling_through_names_are_solution_tuples():
+    gold = r"\boxed{ p = 5, q = 2 \quad \text{and} \quad p = 7, q = 2}"
+    check([("$p=5,q=2;p=7,q=2$", gold, True), (r"\boxed{(5,2),(7,2)}", gold, True), (r"\boxed{(5,2)}", gold, False),
+           (r"\boxed{p=5, q=2}", gold, False), (r"\boxed{(5,2),(7,3)}", gold, False)])
+
+
 def test_reward_is_float_one_or_zero():
     assert reward(r"\boxed{4}", "4") == 1.0 and reward(r"\boxed{5}", "4") == 0.0
     assert isinstance(reward("", ""), float)
@@ -276,6 +392,28 @@ def test_conformance_math_verify_cases():
             print("  disagree:", c["id"], repr(c["gold"])[:60], repr(c["pred"])[:60], "expected", e)
     assert overall >= 0.97
     assert agree_f / (len(got) - n_t) >= 0.9  # not a verifier that says True to everything
+
+
+def test_conformance_peer_cases():
+    """verify(pred, gold) against other graders' own test suites (tests/data/peer_cases.json), on the
+    cases without `label_questionable`: agreement per source, and no false positive at all."""
+    with open(os.path.join(DATA, "peer_cases.json"), encoding="utf-8") as f:
+        cases = [c for c in json.load(f) if "label_questionable" not in c]
+    assert len(cases) == 319
+    got = [(verify(c["pred"], c["gold"]), c["expected"], c) for c in cases]
+    per_source = {}
+    for g, e, c in got:
+        s = per_source.setdefault(c["source"].split(":")[0], [0, 0])
+        s[0], s[1] = s[0] + (g == e), s[1] + 1
+    agree = sum(g == e for g, e, _ in got)
+    false_positives = [c for g, e, c in got if g and not e]
+    print(f"\npeer conformance: {agree}/{len(got)} = {agree / len(got):.1%}; false positives {len(false_positives)}")
+    print("  " + ", ".join(f"{k} {a}/{n}" for k, (a, n) in sorted(per_source.items())))
+    for g, e, c in got:
+        if g != e:
+            print("  disagree:", c["source"], repr(c["gold"])[:60], repr(c["pred"])[:60], "expected", e)
+    assert agree / len(got) >= 0.95
+    assert not false_positives, false_positives
 
 
 def _real_data():
@@ -353,6 +491,20 @@ HOSTILE = {
     "huge rational in an exponent": r"\boxed{\sqrt[4]{3z}^{\frac{3}{2}+12345678901234567890}}",
     "binomial of a huge power": r"\boxed{\binom{(x-12345678901234567890)^{10}}{z}}",
     "power of a log tower": r"\boxed{3-\sqrt{\frac{\pi}{(\log(i)+\sqrt[4]{\log(x)})^{100}+\alpha}}}",
+    # the rules from other graders' suites: answer labels, any script, degrees, limits, mod, lists
+    "1 MB of asterisks": "*" * 1_000_000,
+    "many answer labels": "Answer: " * 100_000,
+    "1 MB of CJK labels": "答案：" * 300_000 + "5",
+    "CJK prose with glued numbers": "共有13只" * 100_000,
+    "Devanagari prose": "दुकान में अब 67 कमीजें हैं। " * 20_000,
+    "trig with degrees, unclosed": r"\boxed{" + r"\sin(30^\circ" * 500 + "}",
+    "trig with degrees": r"\boxed{" + r"\sin(30^\circ)+" * 300 + "1}",
+    "nested limits": r"\boxed{" + r"\lim_{x\to " * 50 + "0" + "}" * 50 + " x}",
+    "mod chain": r"\boxed{" + r"7^{99} \bmod " * 500 + "3}",
+    "approx chain": r"\boxed{" + r"\sqrt{2} \approx 1.4142 \approx " * 200 + "1.4}",
+    "cycling assignments": r"\boxed{" + ",".join(f"x_{i % 7}={i}" for i in range(600)) + "}",
+    "nested bracket lists": r"\boxed{" + "[" * 50 + "1, 2" + "]" * 50 + "}",
+    "doubled backslashes": r"\\frac{1}{2}" * 100_000,
 }
 
 
