@@ -91,7 +91,9 @@ def run(name, fn, rows, repeat, ours):
         "false_positives": fps,
         "expected_false_agreement": agree_false,
         "n_expected_false": n_false,
-        "per_source": {k: dict(zip(("agree", "n", "false_positives"), v)) for k, v in per_source.items()},
+        "per_source": {
+            k: dict(zip(("agree", "n", "false_positives"), v)) for k, v in per_source.items()
+        },
     }
 
 
