@@ -102,8 +102,8 @@ _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _MARKS = (  # combining marks: Latin, Cyrillic, Hebrew, Arabic; the Indic blocks whole
     "\u0300-\u036f\u0483-\u0489\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0900-\u0dff"
 )
-# a word in any script: each CJK character, else 3+ letters (with Indic and Arabic combining marks)
-_WORD = re.compile(rf"[{_CJK}]|(?<![\\])(?<![^\W\d_])(?:[^\W\d_]|[{_MARKS}]){{3,}}")
+# a word in any script: a run of CJK characters, else 3+ letters (with Indic and Arabic marks)
+_WORD = re.compile(rf"[{_CJK}]+|(?<![\\])(?<![^\W\d_])(?:[^\W\d_]|[{_MARKS}]){{3,}}")
 _NOT_PROSE = frozenset({"and", "percent", "percentage", "pct", "degrees"})
 _LATEX = re.compile(r"\\boxed|\\fbox|\$|\\\(|\\\[")
 
@@ -236,8 +236,9 @@ def _last_number(s):
 
 def _finish_phrase(snippet):
     """The answer in "... the final answer is $X$. I hope it is correct." / "... the volume is 120".
-    When a sentence of prose follows, its first math segment, else its first number: the phrase
-    announces the answer, later numbers are context ("Réponse: il paiera 220 $ d'ici 12 mois")."""
+    When a sentence of prose follows, its first math segment, else its first number after its last
+    "=": the phrase announces the answer, later numbers are context ("Réponse: il paiera 220 $ d'ici
+    12 mois"), and a computation ends in its result ("we have 3 + 4 = 7 apples")."""
     s = re.split(
         r"\n\s*\n|\bI hope\b|(?<=\S)\.(?:\s|$)|[。！？]|\n(?=\S)", snippet.strip(), maxsplit=1
     )[0]
@@ -245,7 +246,7 @@ def _finish_phrase(snippet):
     plain = re.sub(r"\\?\$|\\[()\[\]]|\\?\"|\*\*", " ", s).strip(" .,:;")
     if not _is_prose(plain):
         return plain or None
-    seg, num = _SEGMENT.search(s), _NUMBER.search(plain)
+    seg, num = _SEGMENT.search(s), _NUMBER.search(plain.rsplit("=", 1)[-1])
     return (
         next(g for g in seg.groups() if g is not None).strip()
         if seg
@@ -266,7 +267,9 @@ def extract_answer(text):
         if box is None or re.match(
             r"""[\s:*"]*(?:[-\d$\\({\[]|[A-E]\b)""", snippet
         ):  # not "answer is correct"
-            return _finish_phrase(snippet)
+            answer = _finish_phrase(snippet)
+            if not (phrase["label"] and (answer is None or _is_prose(answer))):
+                return answer  # an "Answer:" label followed by prose alone announces nothing
     if box is not None:
         return box.strip()
     tail = text[-TAIL:]
@@ -595,7 +598,7 @@ class _Parser:
             return Lst(tuple(Tup(tuple(_value_of(x) for x in g)) for g in groups))
         flat = [x for g in groups for x in g]
         _need(flat, "empty")
-        return flat[0] if len(flat) == 1 else _solutions(flat) or Lst(tuple(flat))
+        return flat[0] if len(flat) == 1 else Lst(tuple(flat))
 
     def items(self, seps=(",",)):
         out = []
@@ -1028,18 +1031,20 @@ def _values(s, plain=False):
         re.fullmatch(r"-?\d+,\d+", t) and plain
     ):  # 1000,99 outside LaTeX: a decimal comma, or a list
         texts = [t.replace(",", "."), t]
+    # a second reading of A \approx 0.577: the stated rounding (_Parser's rounding flag)
     rounding = (False, True) if re.search(r"\\approx(?![a-zA-Z])|≈", t) else (False,)
-    for text, r in product(
-        texts, rounding
-    ):  # r: a second reading of A \approx 0.577, the stated rounding
+    for text, r in product(texts, rounding):
         try:
             v = _expand_pm(_Parser(text, r).parse())
-        except (
-            Exception
-        ):  # _Fail, or sympy refusing (TypeError, ValueError, ...), or RecursionError
+        except Exception:  # _Fail, sympy refusing (TypeError, ValueError, ...), RecursionError
             continue
-        if not any(x.has(sp.zoo, sp.nan) for x in _leaves(v)) and v not in out:  # 1/0, 12:00
-            out += [v, v / 100] if pct and isinstance(v, sp.Expr) else [v]
+        if any(x.has(sp.zoo, sp.nan) for x in _leaves(v)):  # 1/0, 12:00
+            continue
+        # p = 5, q = 2, p = 7, q = 2 is also the solutions (5, 2), (7, 2)
+        solutions = _solutions(v.items) if isinstance(v, Lst) else None
+        for w in [solutions, v] if solutions else [v]:
+            if w not in out:
+                out += [w, w / 100] if pct and isinstance(w, sp.Expr) else [w]
     return tuple(out)
 
 

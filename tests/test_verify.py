@@ -590,6 +590,9 @@ def test_answer_in_prose_of_any_script():
             ("इसलिए, दुकान में अब 67 कमीजें हैं। ", "67", True),
             ("所以一共有3 + 10 = 13只鸟和鹳鸟。", "14", False),
             ("因此，杰西开始慢跑前的体重是192公斤。", "66", False),
+            ("北京", "北京", True),  # one run of CJK text is an answer, not prose
+            ("等边三角形", "等边三角形", True),
+            ("北京", "上海", False),
         ]
     )
 
@@ -603,6 +606,9 @@ def test_answer_labels_in_several_languages():
     assert extract_answer("Answer: 2x + 3") == "2x + 3"
     assert extract_answer("**Answer:** 5 apples") == "5 apples"
     assert extract_answer("I checked my answer: 3 was wrong, the total is 5") == "5"  # not a label
+    # a label followed by prose alone announces nothing; a computation ends in its result
+    assert extract_answer("Answer: Let us think. We add 3 and 4 to get 7.") == "7"
+    assert extract_answer("Answer: We have 3 + 4 = 7 apples in total.") == "7"
     check(
         [
             ("Réponse: Janeth aura encore 220 $ à payer d'ici 12 mois.", "12", False),
@@ -746,6 +752,9 @@ def test_assignments_cycling_through_names_are_solution_tuples():
             (r"\boxed{(5,2)}", gold, False),
             (r"\boxed{p=5, q=2}", gold, False),
             (r"\boxed{(5,2),(7,3)}", gold, False),
+            (r"\boxed{y=2, x=1, y=4, x=3}", "x=1, y=2, x=3, y=4", True),  # the same assignments
+            (r"\boxed{(1,2),(3,4)}", "x=1, y=2, x=3, y=4", True),
+            (r"\boxed{(1,4),(3,2)}", "x=1, y=2, x=3, y=4", False),
         ]
     )
 
