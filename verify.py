@@ -10,17 +10,21 @@
                                         verify(response, answer) == expected (also per label)
 
 Standard library + sympy; model output is never eval'ed or sympify'd. Three steps:
-  1. extract: the last \\boxed{} / \\fbox{} (boxes that only "and" or commas separate are joined),
-     else "final answer is ..." / "the answer is ..." / "#### ...", else whichever comes later of
-     the last $...$ and the last number; a short text that is not prose is taken whole. A phrase
-     after the last box wins when it goes on with math. The gold goes through the same extraction
-     when it holds a box or such a phrase, else it is used whole.
+  1. extract: the last \\boxed{} / \\fbox{} (boxes that only punctuation, or one "and"/"or" with
+     labels, separate are joined; after prose with a concluding or revising word, "thus", "but",
+     "wait", the last group alone counts), else "final answer is ..." / "the answer is ..." /
+     "#### ..." / an "Answer:" label ("Réponse:", "答案：", ...) that starts a line or a sentence,
+     else whichever comes later of the last $...$ and the last number (also glued to CJK text); a
+     short text that is not prose (words in any script) is taken whole. A phrase after the last
+     box wins when it goes on with math. The gold goes through the same extraction when it holds a
+     box or such a phrase, else it is used whole.
   2. normalise the string (_RULES: one regex per rule) and parse it with a small recursive-descent
-     parser into sympy numbers, expressions, intervals and matrices, plus four tuples of our own:
-     Tup (ordered), Set (unordered), Lst (a bare list) and Rel (a relation chain).
+     parser into sympy numbers, expressions, intervals and matrices, plus five tuples of our own:
+     Tup (ordered), Set (unordered), Lst (a bare list), Rel (a relation chain) and Clock (h:mm:ss).
   3. compare: equal normalised strings; else structural matching of sets, tuples, intervals,
-     matrices and relations; rationals exactly; everything else by value at three sample points
-     (exact for rational functions, Python floats otherwise). sympy.simplify is never called.
+     matrices and relations (equations compare both sides); rationals exactly; everything else by
+     value at three sample points (exact for rational functions, Python floats otherwise).
+     sympy.simplify is never called.
 
 Time: work is bounded before sympy sees it (answer length, nesting, literal size, exponent,
 factorial, binomial, union and matrix sizes are refused, so no huge integer is ever computed);
@@ -37,7 +41,9 @@ Where it departs from Math-Verify (huggingface/Math-Verify, default settings):
   - decimals: exact rationals, equal to another value within 1e-6 * min(1, |value|), instead of
     rounding both sides to 6 decimal places; values agreeing to 12 significant digits are equal;
   - a predicted equation counts for a bare gold value only if its left side just names it
-    (x = 5, f(x) = 5) or is a number: "12x - 4y + 3z - 169 = 0" does not match gold "0";
+    (x = 5, f(x) = 5) or is closed (17 \\bmod 5 = 2): "12x - 4y + 3z - 169 = 0" is not gold "0";
+    two equations need the same left side ("\\cos x = c" is not "\\sin x = c");
+  - "A \\approx 0.577" reads as A, and as 0.577 only when that is A rounded;
   - base subscripts are dropped (204_5 reads as 204).
 """
 
