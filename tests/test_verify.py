@@ -1015,6 +1015,14 @@ LATEX_PIECES = [
     r"\quad",
     "\x00",
     "#### ",
+    r"\bmod",
+    r"\lim_{x \to 0}",
+    r"\mathcal{B}",
+    "°",
+    "1 1/2",
+    "共有",
+    "13只",
+    r"\approx 0.5",
 ]
 latex_soup = st.lists(st.sampled_from(LATEX_PIECES), max_size=25).map("".join)
 
