@@ -92,10 +92,9 @@ _BOX = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _ANSWER_WORDS = (
     "answer|réponse|respuesta|antwort|risposta|resposta|ответ|उत्तर|الإجابة|الجواب|答案|答え|정답"
 )
-_PHRASE = re.compile(
-    r"(?i)(?:final answer(?:\s+is)?|\banswer\s+is|####)\s*:?"
-    rf"|(?P<label>(?<![^\W\d_])(?:{_ANSWER_WORDS})\s*(?:\*\*)?\s*[:：])"
-)  # "Answer:"
+_PHRASE = re.compile(r"(?i)(?:final answer(?:\s+is)?|\banswer\s+is|####)\s*:?")
+_LABEL = re.compile(rf"(?i)(?<![^\W\d_])(?:{_ANSWER_WORDS})\s*(?:\*\*)?\s*[:：]")  # "Answer:"
+_LABEL_WORDS = tuple(_ANSWER_WORDS.split("|"))
 _SEGMENT = re.compile(
     r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S
 )
@@ -119,6 +118,8 @@ def _clean(text):
     usual commands, and every backslash run halved when no command has a single one (an escaped
     matrix: \\\\begin{matrix} 1 \\\\\\\\ 2 \\\\end{matrix})."""
     text = str(text).replace("\x00", "")
+    if "\\\\" not in text:
+        return text
     if re.search(r"(?<!\\)\\\\[a-zA-Z]", text) and not re.search(r"(?<!\\)\\[a-zA-Z]", text):
         return re.sub(r"\\\\", lambda m: "\\", text)
     return re.sub(
@@ -206,22 +207,30 @@ def _is_prose(s):
     return sum(w.lower() not in _NOT_PROSE for w in _WORD.findall(s)) >= 2
 
 
+def _may_hold_label(low):
+    return any(w in low for w in _LABEL_WORDS)
+
+
 def _phrase(text, start=0):
     """The last answer phrase from start on: "final answer is", "answer is", "####", or an "Answer:"
     label (also "Réponse:", "答案：") that starts a line or a sentence, not "my answer: ..."."""
     end = len(text)
     for window in (TAIL, 20 * TAIL, len(text)):  # the end first, each stretch of text scanned once
-        lo, last = max(start, len(text) - window), None
-        for m in _PHRASE.finditer(text, lo, min(len(text), end + 40)):
-            if m.start() >= end:
-                break
-            if m[
-                "label"
-            ]:  # what precedes it, markdown and spaces aside: nothing, or a sentence end
-                before = text[max(0, m.start() - 9) : m.start()].rstrip(" \t*#>")
-                if before and before[-1] not in "\n.!?。！？":
+        lo = max(start, len(text) - window)
+        hi = min(len(text), end + 40)
+        last = None
+        for m in _PHRASE.finditer(text, lo, hi):
+            if m.start() < end:
+                last = m
+        seg = text[lo:hi]  # the label regex is slow: run it only where a label may be
+        if (":" in seg or "：" in seg) and _may_hold_label(seg.lower()):
+            for m in _LABEL.finditer(text, lo, hi):
+                if m.start() >= end or last is not None and m.start() < last.start():
                     continue
-            last = m
+                # what precedes a label, markdown and spaces aside: nothing, or a sentence end
+                before = text[max(0, m.start() - 9) : m.start()].rstrip(" \t*#>")
+                if not before or before[-1] in "\n.!?。！？":
+                    last = m
         if last is not None or lo <= start:
             return last
         end = lo
@@ -274,7 +283,7 @@ def extract_answer(text):
             r"""[\s:*"]*(?:[-\d$\\({\[]|[A-E]\b)""", snippet
         ):  # not "answer is correct"
             answer = _finish_phrase(snippet)
-            if not (phrase["label"] and (answer is None or _is_prose(answer))):
+            if not (phrase.re is _LABEL and (answer is None or _is_prose(answer))):
                 return answer  # an "Answer:" label followed by prose alone announces nothing
     if box is not None:
         return box.strip()
@@ -289,8 +298,9 @@ def extract_answer(text):
 
 def _gold_text(answer):
     answer = _clean(answer)
-    has_phrase = _phrase(answer, max(0, len(answer) - 100_000)) is not None
-    return extract_answer(answer) if _BOX.search(answer) or has_phrase else answer.strip() or None
+    if _BOX.search(answer) or _phrase(answer, max(0, len(answer) - 100_000)) is not None:
+        return extract_answer(answer)
+    return answer.strip() or None
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -620,14 +630,15 @@ class _Parser:
             ops.append(self.take()[1])
             starts.append(self.i)
             parts.append(self.union())
+        if not ops:
+            return parts[0]
         starts.append(self.i + 1)
-        text = lambda j: "".join(
-            t for _, t in self.toks[starts[j] : starts[j + 1] - 1]
-        )  # part j as written
-        head = text(0)
-        if (
-            "~" in ops
-        ):  # an \approx tail restates the value: \frac{\sqrt3}{3} \approx 0.577 is \frac{\sqrt3}{3}
+
+        def text(j):  # part j as written
+            return "".join(t for _, t in self.toks[starts[j] : starts[j + 1] - 1])
+
+        # an \approx tail restates the value: \frac{\sqrt3}{3} \approx 0.577 is \frac{\sqrt3}{3}
+        if "~" in ops:
             k = ops.index("~")
             if k == 0 and _is_label(parts[0]):  # x \approx 11 names the value: x = 11
                 ops[0] = "="
@@ -640,7 +651,7 @@ class _Parser:
             return parts[0]
         if set(ops) == {"="} and len(parts) > 2:  # a = b = c: c
             return parts[-1]
-        return Rel(ops, tuple(parts), head)
+        return Rel(ops, tuple(parts), text(0))
 
     def union(self):
         v, ops, sets = self.expr(), [], []
