@@ -339,10 +339,24 @@ def _prefill(model, head, cache, prompts, pad_id):
 # The decode loop
 
 
+def _groups(items, lengths, budget):
+    """Consecutive items in groups of padded size (count x longest) <= budget (>= 1 item each)."""
+    groups, longest = [], 0
+    for item, n in zip(items, lengths):
+        if groups and (len(groups[-1]) + 1) * max(longest, n) <= budget:
+            groups[-1].append(item)
+            longest = max(longest, n)
+        else:
+            groups.append([item])
+            longest = n
+    return groups
+
+
 def _decode(model, prompts, num_samples, caps, batch_size, greedy, temperature, eos_ids, pad_id,
-            chunk=256, bar=None):  # fmt: skip
+            chunk=256, prefill_tokens=16384, bar=None):  # fmt: skip
     """Continuous batching over the sequences (prompt i, sample s), in prompt-major order.
-    prompts: token-id lists; caps[i]: new tokens allowed to prompt i's samples.
+    prompts: token-id lists; caps[i]: new tokens allowed to prompt i's samples. chunk: KV
+    columns added at a time; prefill_tokens: padded prompt tokens per prefill forward.
     -> (per sequence (tokens, finished, entropy sum or None), stats)."""
     device = model_device(model)
     head, eos = _plain_head(model), set(eos_ids)
@@ -359,10 +373,10 @@ def _decode(model, prompts, num_samples, caps, batch_size, greedy, temperature, 
         # 1. admit waiting sequences into the free rows (prefill the prompts not yet forwarded)
         new = [waiting.popleft() for _ in range(min(len(waiting), cache.rows - len(rows)))]
         todo = list(dict.fromkeys(j // num_samples for j in new if j // num_samples not in stored))
-        if todo:
-            group = [prompts[i] for i in todo]
-            stored.update(zip(todo, _prefill(model, head, cache, group, pad_id)))
-            stats["prefill_tokens"] += sum(map(len, group))
+        for group in _groups(todo, [len(prompts[i]) for i in todo], prefill_tokens):
+            kv_logits = _prefill(model, head, cache, [prompts[i] for i in group], pad_id)
+            stored.update(zip(group, kv_logits))
+            stats["prefill_tokens"] += sum(len(prompts[i]) for i in group)
         if new:
             cache.make_room(max(len(prompts[j // num_samples]) for j in new))
         for j in new:  # consecutive samples of a prompt could be one insert; rows are few
