@@ -16,8 +16,8 @@ Sections, all in one run (ratios are taken within it):
            completion up to and including its first EOS (or all its tokens at the cap).
            Greedy completions are compared token for token with `generate`'s.
   cap      the same prompts' completions that ended before the cap (the first --cap-prompts of
-           them): engine.generate at max_new_tokens 4096 and 768 (same completions), and the
-           engine before this change for contrast.
+           them): engine.generate at max_new_tokens 4096 and 768 (same completions), and with
+           --cap-before the engine before this change for contrast.
   entropy  the sampler with the entropy (sample_categorical) against the sampler before this
            change (no entropy) on the same [B, V] logits, for this model's vocabulary and
            Qwen's 151,936; and the time per decode step of a sampled generation, for scale.
@@ -236,7 +236,7 @@ def section_cap(a, model, tok, engine, before, eos, R, prompts, ref):
         return
     outs = {}
     for label, mod in (("engine", engine), ("engine_before", before)):
-        if label not in a.methods:
+        if label not in a.methods or (label == "engine_before" and not a.cap_before):
             continue
         for cap in (768, 4096):
             print(f"[cap] {label} {cap} ...", flush=True)
@@ -402,6 +402,7 @@ def main(argv=None):
     p.add_argument("--ragged-prompts", type=int, default=64)
     p.add_argument("--ragged-cap", type=int, default=768)
     p.add_argument("--cap-prompts", type=int, default=16)
+    p.add_argument("--cap-before", action="store_true", help="the cap section for the old engine")
     p.add_argument("--entropy-repeats", type=int, default=20)
     p.add_argument("--entropy-tokens", type=int, default=64)
     p.add_argument(
