@@ -169,6 +169,19 @@ def test_continuous_batching_returns_every_sequence_in_order_with_eos(ctx):
     assert stats["prefill_tokens"] == sum(len(o["prompt_ids"]) for o in free)
 
 
+def test_prefill_in_groups_changes_nothing(ctx):
+    """Prompts prefilled one per forward (prefill_tokens=1) or all in one forward: the same
+    greedy completions."""
+    model, tok = ctx
+    prompts = [
+        tok(chat_prompt(tok, q), add_special_tokens=False)["input_ids"] for q in questions(4)
+    ]
+    args = (model, prompts, 2, [6] * 4, 3, True, 1.0, [-5], tok.pad_token_id)  # 2 samples, 3 rows
+    with torch.no_grad():  # as generate() calls it
+        runs = [G._decode(*args, prefill_tokens=budget)[0] for budget in (1, 10**6)]
+    assert runs[0] == runs[1] and len(runs[0]) == 8
+
+
 def test_cap_of_4096_costs_nothing_until_used(ctx):
     model, tok = ctx
     prompts = [chat_prompt(tok, q) for q in questions(4)]
