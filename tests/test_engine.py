@@ -1,5 +1,6 @@
-"""Tests for engine.py: EOS ids, the completion mask, explicit sampling settings, batched
-generation."""
+"""Tests for engine.py: EOS ids, the sampler and its entropy, continuous batching (order, EOS,
+per-row caps, finished rows leaving), greedy equality with transformers' generate, the bf16
+generation copy."""
 
 import os
 
@@ -13,6 +14,10 @@ from plumbing import load_model
 
 TOKENIZER_DIR = os.path.join(DATA, "qwen2.5-math-1.5b")
 ENDOFTEXT, IM_END = 151643, 151645
+SMOLLM2 = os.environ.get("HDPO_SMOLLM2", "/work/smollm2")
+# greedy may differ from generate's only after a position where generate's own two best logits
+# are this close: fp32 rounding of a different batch shape (rows leave, others join) can flip it
+NEAR_TIE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +32,66 @@ def tiny(tiny_qwen_dir):
     return load_model(tiny_qwen_dir, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def ctx(qwen_tokenizer):
+    """A tiny random Qwen2 (hidden 64, 2 layers, the real tokenizer) whose greedy tokens depend on
+    the context: untied head, weights of std 0.3. (offline.py's tied, std-0.02 model repeats the
+    prompt's last token under greedy decoding, which would make greedy comparisons vacuous; its
+    top logits are also ~1e-3 apart, near-ties for fp32 rounding.)"""
+    import json
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    with open(os.path.join(TOKENIZER_DIR, "config.json")) as f:
+        cfg = {k: v for k, v in json.load(f).items() if k not in ("architectures", "torch_dtype")}
+    cfg.update(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, max_window_layers=2, tie_word_embeddings=False,
+        initializer_range=0.3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(**cfg)).eval(), qwen_tokenizer
+
+
+def questions(n):
+    import json
+
+    with open(os.path.join(DATA, "gsm8k_test.jsonl")) as f:
+        return [json.loads(line)["question"] for _, line in zip(range(n), f)]
+
+
+def free_run(model, tok, prompts, n_new, **kw):
+    """Greedy completions with an EOS that never comes: every row runs to its cap."""
+    return G.generate(model, tok, prompts, greedy=True, max_new_tokens=n_new, eos_ids=[-5], **kw)
+
+
+def assert_greedy_matches_generate(model, tok, prompts, outs, eos, max_new, max_near_ties=0):
+    """outs (ours, greedy) against transformers' generate on the same prompts, one left-padded
+    batch. A row may differ only after a near-tie of generate's own logits; at most
+    max_near_ties rows may."""
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        ref = model.generate(
+            **enc, do_sample=False, max_new_tokens=max_new, eos_token_id=list(eos),
+            pad_token_id=tok.pad_token_id, top_k=None, top_p=None, temperature=None,
+        )[:, enc.input_ids.shape[1] :].tolist()  # fmt: skip
+    near_ties = 0
+    for o, r in zip(outs, ref):
+        cut = next((t + 1 for t, x in enumerate(r) if x in eos), len(r))
+        r = r[:cut]
+        if o["completion_ids"] == r:
+            assert o["finished"] == (r[-1] in eos)
+            continue
+        t = next(t for t, (a, b) in enumerate(zip(o["completion_ids"], r)) if a != b)
+        ids = torch.tensor([o["prompt_ids"] + r[:t]])
+        with torch.no_grad():
+            top2 = model(input_ids=ids).logits[0, -1].topk(2).values
+        assert float(top2[0] - top2[1]) < NEAR_TIE, f"differs at token {t} without a near-tie"
+        near_ties += 1
+    assert near_ties <= max_near_ties
+
+
 # ----------------------------------------------------------------------------- EOS
 
 
@@ -39,107 +104,171 @@ def test_eos_token_ids_union(qwen_tokenizer):
     assert G.eos_token_ids(qwen_tokenizer, M()) == [ENDOFTEXT, 7, IM_END]
 
 
-# ----------------------------------------------------------------------------- generation (stub
-# model)
+# ----------------------------------------------------------------------------- the sampler
 
 
-class ScriptedLM(torch.nn.Module):
-    """Stands in for a HF model: generate() appends scripted tokens row by row, then pads finished
-    rows with pad_token_id exactly as transformers does. Records what it was called with."""
+@pytest.mark.parametrize("V, temperature", [(7, 1.0), (300, 0.6)])
+def test_sampler_draws_from_softmax_and_returns_its_entropy(V, temperature):
+    g = torch.Generator().manual_seed(0)
+    row = torch.randn(V, generator=g) * 3  # [V]; V = 300 is 3 blocks of 128, the last padded
+    q = torch.softmax(row.double() / temperature, -1)  # [V] the distribution to draw from
+    n = 200_000
+    torch.manual_seed(1)
+    toks, ent = G.sample_categorical(row.expand(n, V).clone(), temperature)  # [n], [n]
+    freq = torch.bincount(toks, minlength=V).double() / n  # [V]
+    sigma = (q * (1 - q) / n).sqrt()
+    assert ((freq - q).abs() <= 5 * sigma + 1e-6).all()
+    h = -(q * q.log()).sum()
+    assert torch.allclose(ent, h.expand(n), rtol=1e-6)
 
-    def __init__(self, scripts):
-        super().__init__()
-        from transformers import GenerationConfig
 
-        self.scripts = scripts  # list of token lists, one per row of the (single) batch
-        self.generation_config = GenerationConfig(
-            do_sample=True, top_k=20, top_p=0.8, repetition_penalty=1.1, temperature=0.7
+# ----------------------------------------------------------------------------- continuous batching
+
+
+def test_per_row_caps_do_not_depend_on_the_batch(ctx):
+    model, tok = ctx
+    prompts = [chat_prompt(tok, q) for q in ("2+2?", "What is 12 times 13? Think.", "x", "Why?")]
+    lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    max_seq_len = max(lens) + 2  # caps from 2 (the longest prompt) to 12 (max_new_tokens)
+    want = [min(12, max_seq_len - n) for n in lens]
+    assert len(set(want)) > 2
+    runs = [
+        free_run(model, tok, prompts, 12, batch_size=b, max_seq_len=max_seq_len) for b in (1, 2, 4)
+    ]
+    for out in runs:
+        assert [len(o["completion_ids"]) for o in out] == want
+        assert not any(o["finished"] for o in out)
+        assert [o["completion_ids"] for o in out] == [o["completion_ids"] for o in runs[0]]
+
+
+def test_continuous_batching_returns_every_sequence_in_order_with_eos(ctx):
+    """5 prompts x 3 samples through 2 rows: sequences end at different tokens (the EOS is a token
+    the free run produces), leave, and are replaced; each completion is the free run's up to and
+    including its first EOS; finished rows are never computed again; each prompt is forwarded
+    once."""
+    model, tok = ctx
+    prompts = [chat_prompt(tok, q) for q in questions(5)]
+    free = free_run(model, tok, prompts, 12, batch_size=8)
+    firsts = [o["completion_ids"] for o in free]
+    eos = [firsts[0][3], firsts[2][6]]  # two ids, so rows stop at different steps
+    stats = {}
+    out = G.generate(
+        model, tok, prompts, num_samples=3, greedy=True, max_new_tokens=12, batch_size=2,
+        eos_ids=eos, stats=stats,
+    )  # fmt: skip
+    assert len(out) == 15
+    for j, o in enumerate(out):
+        f = firsts[j // 3]
+        cut = next((t + 1 for t, x in enumerate(f) if x in eos), len(f))
+        assert o["prompt_ids"] == free[j // 3]["prompt_ids"]  # prompt-major order
+        assert o["completion_ids"] == f[:cut] and o["finished"] == (cut < len(f) or f[-1] in eos)
+        assert o["entropy"] is None  # greedy
+    assert len({len(o["completion_ids"]) for o in out}) > 1, "the test needs ragged lengths"
+    # a row is computed once per token after its first (the first comes from the prompt's forward)
+    assert stats["row_steps"] == sum(len(o["completion_ids"]) - 1 for o in out)
+    assert stats["prefill_tokens"] == sum(len(o["prompt_ids"]) for o in free)
+
+
+def test_prefill_in_groups_changes_nothing(ctx):
+    """Prompts prefilled one per forward (prefill_tokens=1) or all in one forward: the same
+    greedy completions."""
+    model, tok = ctx
+    prompts = [
+        tok(chat_prompt(tok, q), add_special_tokens=False)["input_ids"] for q in questions(4)
+    ]
+    args = (model, prompts, 2, [6] * 4, 3, True, 1.0, [-5], tok.pad_token_id)  # 2 samples, 3 rows
+    with torch.no_grad():  # as generate() calls it
+        runs = [G._decode(*args, prefill_tokens=budget)[0] for budget in (1, 10**6)]
+    assert runs[0] == runs[1] and len(runs[0]) == 8
+
+
+def test_cap_of_4096_costs_nothing_until_used(ctx):
+    model, tok = ctx
+    prompts = [chat_prompt(tok, q) for q in questions(4)]
+    free = free_run(model, tok, prompts, 6, batch_size=4)
+    eos = sorted({o["completion_ids"][-1] for o in free})  # every row stops by token 6
+    runs = {}
+    for cap in (8, 4096):
+        stats = {}
+        out = G.generate(model, tok, prompts, greedy=True, max_new_tokens=cap, eos_ids=eos,
+                         stats=stats)  # fmt: skip
+        runs[cap] = ([o["completion_ids"] for o in out], stats)
+    assert runs[8][0] == runs[4096][0] and all(o["finished"] for o in out)
+    assert runs[8][1]["decode_steps"] == runs[4096][1]["decode_steps"] <= 5
+    longest = max(len(o["prompt_ids"]) for o in out)
+    assert runs[4096][1]["peak_cols"] <= longest + 256  # one chunk, not 4,096 columns
+
+
+def test_batched_greedy_matches_one_by_one(ctx):
+    model, tok = ctx
+    prompts = [
+        chat_prompt(tok, q)
+        for q in (
+            "2+2?",
+            "What is the sum of the first ten positive integers, please?",
+            "Let $x=3$. Find $x^2$.",
         )
-        self.calls = []
-        self.train()
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def generate(self, input_ids, attention_mask, generation_config):
-        self.calls.append(
-            {
-                "input_ids": input_ids.clone(),
-                "attention_mask": attention_mask.clone(),
-                "config": generation_config,
-                "training": self.training,
-                "grad": torch.is_grad_enabled(),
-                "model_config": self.generation_config,
-            }
-        )
-        scripts = self.scripts[: input_ids.shape[0]]
-        width = max(len(s) for s in scripts)
-        new = torch.full(
-            (input_ids.shape[0], width), generation_config.pad_token_id, dtype=torch.long
-        )
-        for r, s in enumerate(scripts):
-            new[r, : len(s)] = torch.tensor(s)
-        return torch.cat([input_ids, new], dim=1)
+    ]
+    batched = G.generate(model, tok, prompts, greedy=True, max_new_tokens=6, batch_size=3)
+    for p, b in zip(prompts, batched):
+        single = G.generate(model, tok, [p], greedy=True, max_new_tokens=6, batch_size=1)[0]
+        assert single["completion_ids"] == b["completion_ids"]
+        assert b["prompt_ids"] == tok(p, add_special_tokens=False)["input_ids"]
 
 
-def test_completion_mask_includes_first_eos_when_pad_is_eos(qwen_tokenizer):
-    assert qwen_tokenizer.pad_token_id == qwen_tokenizer.eos_token_id == ENDOFTEXT
-    # row 0 stops after 2 tokens (EOS, then pads which are the same id); row 1 never stops;
-    # row 2 stops on <|im_end|> and is padded with <|endoftext|>; row 3 emits EOS first.
-    model = ScriptedLM([[11, 12, ENDOFTEXT], [21, 22, 23, 24, 25], [31, IM_END], [ENDOFTEXT]])
-    prompts = ["Hello there, a longer prompt", "Hi", "Hey you", "Yo"]
-    out = G.generate(model, qwen_tokenizer, prompts, max_new_tokens=5, batch_size=8)
-    # generate() packs longest prompts first; map outputs back through the prompt lengths
-    by_row = {tuple(o["prompt_ids"]): o for o in out}
-    order = sorted(
-        range(4),
-        key=lambda i: -len(qwen_tokenizer(prompts[i], add_special_tokens=False)["input_ids"]),
-    )
-    expect = {
-        order[0]: ([11, 12, ENDOFTEXT], True),
-        order[1]: ([21, 22, 23, 24, 25], False),
-        order[2]: ([31, IM_END], True),
-        order[3]: ([ENDOFTEXT], True),
-    }
-    for i, p in enumerate(prompts):
-        o = by_row[tuple(qwen_tokenizer(p, add_special_tokens=False)["input_ids"])]
-        assert (o["completion_ids"], o["finished"]) == expect[i]
-        assert out[i] is o  # prompt-major order restored
-    row0 = out[order[0]]
-    assert row0["completion_ids"][-1] == ENDOFTEXT and row0["completion_ids"].count(ENDOFTEXT) == 1
-    assert out[order[0]]["text"] == qwen_tokenizer.decode([11, 12])
-    # left padding with an attention mask that covers exactly the prompt tokens
-    call = model.calls[0]
-    ids, mask = call["input_ids"], call["attention_mask"]
-    for r in range(4):
-        n_pad = int((mask[r] == 0).sum())
-        assert mask[r, n_pad:].all() and (ids[r, :n_pad] == qwen_tokenizer.pad_token_id).all()
-    assert int((mask[0] == 0).sum()) == 0  # the longest prompt is unpadded
+# ----------------------------------------------------------------------------- equal to generate
 
 
-def test_generation_config_is_explicit_and_model_defaults_do_not_leak(qwen_tokenizer):
-    model = ScriptedLM([[1, 2]] * 3)
-    saved = model.generation_config
-    G.generate(
-        model,
-        qwen_tokenizer,
-        ["a", "b", "c"],
-        num_samples=1,
-        temperature=0.6,
-        max_new_tokens=7,
-        batch_size=3,
-    )
-    call = model.calls[0]
-    cfg = call["config"]
-    assert cfg.do_sample is True and cfg.temperature == 0.6 and cfg.top_k == 0 and cfg.top_p == 1.0
-    assert cfg.repetition_penalty == 1.0 and cfg.max_new_tokens == 7 and cfg.use_cache is True
-    assert cfg.pad_token_id == ENDOFTEXT and cfg.eos_token_id == [ENDOFTEXT, IM_END]
-    assert call["model_config"] is cfg  # nothing from the checkpoint's config can fill unset fields
-    assert call["training"] is False and call["grad"] is False
-    assert model.generation_config is saved and model.training  # restored afterwards
-    G.generate(model, qwen_tokenizer, ["a"], greedy=True, max_new_tokens=3)
-    assert model.calls[1]["config"].do_sample is False
+def test_greedy_equals_transformers_generate_tiny(ctx):
+    model, tok = ctx
+    prompts = [chat_prompt(tok, q) for q in questions(5)]
+    free = free_run(model, tok, prompts, 10, batch_size=8)
+    eos = [free[1]["completion_ids"][4], free[3]["completion_ids"][2]]  # ragged ends
+    out = G.generate(model, tok, prompts, greedy=True, max_new_tokens=10, batch_size=2,
+                     eos_ids=eos)  # fmt: skip
+    assert_greedy_matches_generate(model, tok, prompts, out, eos, 10)
+
+
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(SMOLLM2, "model.safetensors")),
+    reason=f"no real small model at {SMOLLM2} (build it with ../shared/tools/make_smollm2.py)",
+)
+def test_greedy_equals_transformers_generate_real_model():
+    """SmolLM2-135M-Instruct stops on its own: rows end at different lengths, leave the batch
+    and are replaced (batch_size 3 for 6 prompts)."""
+    model, tok = load_model(SMOLLM2, device="cpu")
+    prompts = [chat_prompt(tok, q) for q in questions(6)]
+    eos = G.eos_token_ids(tok, model)
+    out = G.generate(model, tok, prompts, greedy=True, max_new_tokens=160, batch_size=3)
+    assert any(o["finished"] for o in out)
+    assert_greedy_matches_generate(model, tok, prompts, out, eos, 160, max_near_ties=1)
+
+
+# ----------------------------------------------------------------------------- entropy
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_entropy_equals_float64_recomputation(ctx, temperature):
+    """Each sampled completion's entropy is the sum, over its tokens, of H(softmax(logits / T))
+    of the distribution the token was drawn from: recomputed here by forwarding prompt +
+    completion through the model and taking the entropy in float64 over the full vocabulary."""
+    model, tok = ctx
+    prompts = [chat_prompt(tok, q) for q in questions(3)]
+    torch.manual_seed(0)
+    out = G.generate(model, tok, prompts, num_samples=2, temperature=temperature,
+                     max_new_tokens=6, batch_size=4)  # fmt: skip
+    for o in out:
+        p, c = o["prompt_ids"], o["completion_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1 : -1]  # [|c|, V]
+        logq = torch.log_softmax(logits.double() / temperature, -1)  # [|c|, V] float64
+        h = float(-(logq.exp() * logq).sum())
+        assert o["entropy"] == pytest.approx(h, rel=1e-4)
+    assert all(o["entropy"] is None for o in G.generate(model, tok, prompts[:1], greedy=True,
+                                                        max_new_tokens=2))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- sampling settings
 
 
 def test_sampling_ignores_model_top_k_and_top_p(tiny):
@@ -168,35 +297,14 @@ def test_sampling_ignores_model_top_k_and_top_p(tiny):
     assert len(set(firsts)) >= 12
 
 
-def test_max_seq_len_caps_new_tokens_and_rejects_long_prompts(qwen_tokenizer):
-    model = ScriptedLM([[5, 6, 7, 8, 9, 10]])
-    p = "one two three"
-    n_prompt = len(qwen_tokenizer(p, add_special_tokens=False)["input_ids"])
-    G.generate(model, qwen_tokenizer, [p], max_new_tokens=100, max_seq_len=n_prompt + 4)
-    assert model.calls[0]["config"].max_new_tokens == 4
-    with pytest.raises(ValueError, match="prompt 1 is"):
-        G.generate(model, qwen_tokenizer, ["a", p], max_new_tokens=5, max_seq_len=n_prompt)
-
-
-# ----------------------------------------------------------------------------- generation (tiny
-# real model)
-
-
-def test_batched_left_padded_greedy_matches_one_by_one(tiny):
+def test_max_seq_len_rejects_prompts_without_room(tiny):
     model, tok = tiny
-    prompts = [
-        chat_prompt(tok, q)
-        for q in (
-            "2+2?",
-            "What is the sum of the first ten positive integers, please?",
-            "Let $x=3$. Find $x^2$.",
-        )
-    ]
-    batched = G.generate(model, tok, prompts, greedy=True, max_new_tokens=6, batch_size=3)
-    for p, b in zip(prompts, batched):
-        single = G.generate(model, tok, [p], greedy=True, max_new_tokens=6, batch_size=1)[0]
-        assert single["completion_ids"] == b["completion_ids"]
-        assert b["prompt_ids"] == tok(p, add_special_tokens=False)["input_ids"]
+    p = chat_prompt(tok, "one two three")
+    n = len(tok(p, add_special_tokens=False)["input_ids"])
+    out = free_run(model, tok, [p], 100, max_seq_len=n + 4)
+    assert len(out[0]["completion_ids"]) == 4
+    with pytest.raises(G.PromptTooLongError, match="prompt 1 is"):
+        G.generate(model, tok, ["a", p], max_new_tokens=5, max_seq_len=n)
 
 
 def test_real_model_cut_at_first_eos(tiny):
@@ -221,13 +329,50 @@ def test_sampling_reproducible_with_torch_seed(tiny):
     runs = []
     for _ in range(2):
         torch.manual_seed(123)
-        runs.append(
-            [
-                o["completion_ids"]
-                for o in G.generate(
-                    model, tok, prompts, num_samples=3, max_new_tokens=4, batch_size=4
-                )
-            ]
-        )
+        out = G.generate(model, tok, prompts, num_samples=3, max_new_tokens=4, batch_size=4)
+        runs.append([o["completion_ids"] for o in out])
     assert runs[0] == runs[1]
     assert len(runs[0]) == 6
+
+
+def test_generation_runs_without_grad_and_restores_train_mode(tiny):
+    model, tok = tiny
+    seen = []
+    hook = model.base_model.register_forward_hook(
+        lambda m, a, o: seen.append((torch.is_grad_enabled(), m.training))
+    )
+    model.train()
+    try:
+        G.generate(model, tok, [chat_prompt(tok, "1+1?")], max_new_tokens=3)
+    finally:
+        hook.remove()
+        training = model.training
+        model.eval()
+    assert seen and all(s == (False, False) for s in seen) and training
+
+
+# ----------------------------------------------------------------------------- bf16 copy (GPU path)
+
+
+@pytest.mark.parametrize("impl", ["for-loop", "foreach", "fused"])
+def test_bf16_generation_copy_follows_the_optimiser(tiny_qwen_dir, impl):
+    """On CUDA, fp32 weights generate through a bf16 copy; checked here on CPU by asking for it.
+    Parameters bf16, buffers (RoPE) as they were, ties kept; the same copy, refreshed after an
+    optimiser step (whichever AdamW implementation)."""
+    model, tok = load_model(tiny_qwen_dir, device="cpu", dtype=torch.float32)
+    gen = G._generation_model(model, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in gen.parameters())
+    assert [b.dtype for b in gen.buffers()] == [b.dtype for b in model.buffers()]
+    assert (gen.get_output_embeddings().weight is gen.get_input_embeddings().weight) == (
+        model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    )
+    assert G._generation_model(model) is model  # CPU: the fp32 model itself
+    flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, **flags[impl])
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    assert G._generation_model(model, torch.bfloat16) is gen  # refreshed in place
+    for g, p in zip(gen.parameters(), model.parameters()):
+        assert torch.equal(g, p.detach().to(torch.bfloat16))
+    out = G._decode(gen, [[1, 2, 3]], 2, [4], 2, True, 1.0, [-5], 0)[0]
+    assert [len(t) for t, _, _ in out] == [4, 4]  # the bf16 copy generates (bf16 KV cache)
