@@ -473,11 +473,12 @@ def activation_bytes_per_token(model, amp, probe=(128, 384)):
 
 def fixed_training_bytes(n_params, vocab, logit_chunk, frozen_teacher_bytes, world_size):
     """What a step holds whatever its length: fp32 weights, gradients and AdamW's two moments
-    (16 bytes a parameter), bf16 copies autocast makes of the weights (2), a frozen teacher, the
+    (16 bytes a parameter), bf16 copies autocast makes of the weights (2), the engine's bf16
+    generation copy (2, engine._generation_model), a frozen teacher, the
     all-reduce bucket under torchrun (256 MB), and the lm_head's [chunk, V] fp32 buffers (up to
     three at a time: forward, backward, the teacher's top-k)."""
     bucket = 2**28 if world_size > 1 else 0
-    return n_params * 18 + frozen_teacher_bytes + bucket + 3 * logit_chunk * vocab * 4
+    return n_params * 20 + frozen_teacher_bytes + bucket + 3 * logit_chunk * vocab * 4
 
 
 def plan_micro_batch_tokens(free_bytes, fixed_bytes, per_token, per_token_ckpt, longest,

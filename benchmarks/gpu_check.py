@@ -100,9 +100,11 @@ def main(argv=None):
     a = parse(argv)
     import torch
 
+    import data
     import engine
     import eval as E
     import hdpo
+    import training_run
     from plumbing import quiet_libraries
 
     quiet_libraries()
@@ -130,12 +132,12 @@ def main(argv=None):
         return outs
 
     hdpo.generate = E.generate = counted
-    hdpo.load_model = loader = random_model_loader(a, torch)
+    training_run.load_model = loader = random_model_loader(a, torch)  # setup_run's loader
 
     def reward(text, answer):  # one bit of SHA-256: about half the rollouts rewarded
         return float(hashlib.sha256(text.encode()).digest()[0] & 1)
 
-    rows = hdpo.load_problems(a.dataset)
+    rows = data.load_problems(a.dataset)
     val_rows, train_rows = rows[: a.eval_problems], rows[a.eval_problems :]
     out = tempfile.mkdtemp(prefix="gpu_check_")
     flags = ["--model", "random:" + a.config, "--output-dir", out]
