@@ -603,48 +603,44 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-class WandbTracker:
+class RunTracker:
+    """What W&B and trackio share: a run (self.run) of a library (self.lib) with log, Table and
+    finish."""
+
+    def log(self, scalars, step):
+        self.run.log(scalars, step=step)
+
+    def table(self, key, columns, rows, step):
+        self.run.log({key: self.lib.Table(columns=list(columns), data=rows)}, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
+class WandbTracker(RunTracker):
     """A Weights & Biases run in offline mode (files in <output-dir>/wandb; `wandb sync` uploads
     them later) unless WANDB_MODE says otherwise. --resume starts a new W&B run from the
     checkpoint's step."""
 
     def __init__(self, args, step):
-        self.wandb = import_tracker("wandb")
-        self.run = self.wandb.init(
+        self.lib = import_tracker("wandb")
+        self.run = self.lib.init(
             project=args.tracker_project, name=os.path.normpath(args.output_dir),
             dir=args.output_dir, config=vars(args), mode=os.environ.get("WANDB_MODE", "offline"),
         )  # fmt: skip
 
-    def log(self, scalars, step):
-        self.run.log(scalars, step=step)
 
-    def table(self, key, columns, rows, step):
-        self.run.log({key: self.wandb.Table(columns=list(columns), data=rows)}, step=step)
-
-    def close(self):
-        self.run.finish()
-
-
-class TrackioTracker:
+class TrackioTracker(RunTracker):
     """A trackio run in its local store (TRACKIO_DIR, by default ~/.cache/huggingface/trackio;
     `trackio show` opens the dashboard), named after --output-dir. --resume continues it (the rows
     of an abandoned continuation, after an older checkpoint, stay)."""
 
     def __init__(self, args, step):
-        trackio = self.trackio = import_tracker("trackio")
+        trackio = self.lib = import_tracker("trackio")
         self.run = trackio.init(
             project=args.tracker_project, name=os.path.normpath(args.output_dir),
             config=vars(args), resume="allow" if step else "never",
         )  # fmt: skip
-
-    def log(self, scalars, step):
-        self.run.log(scalars, step=step)
-
-    def table(self, key, columns, rows, step):
-        self.run.log({key: self.trackio.Table(columns=list(columns), data=rows)}, step=step)
-
-    def close(self):
-        self.run.finish()
 
 
 TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker,
