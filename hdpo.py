@@ -579,7 +579,7 @@ def build_teacher(args, model, ckpt, device):
         return model
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if ckpt:
-        teacher = load_model(os.path.join(ckpt, "teacher"), device=device, dtype=dtype)[0]
+        teacher, _ = load_model(os.path.join(ckpt, "teacher"), device, dtype, tokenizer=False)
     else:
         teacher = copy.deepcopy(model).to(dtype)
     return teacher.requires_grad_(False).eval()

@@ -57,8 +57,9 @@ def quiet_libraries():
         pass
 
 
-def load_model(name_or_path, device=None, dtype=None):
-    """(model, tokenizer) from a local folder or a hub id, in eval mode on `device`.
+def load_model(name_or_path, device=None, dtype=None, tokenizer=True):
+    """(model, tokenizer) from a local folder or a hub id, in eval mode on `device` (tokenizer
+    None with tokenizer=False: a checkpoint's teacher/ folder holds weights only).
 
     device defaults to cuda when available, else cpu; dtype to bfloat16 on cuda, float32 on cpu.
     Raises ModelLoadError with a one-line reason (missing folder, hub unreachable, broken
@@ -79,7 +80,7 @@ def load_model(name_or_path, device=None, dtype=None):
     local = os.path.isdir(os.path.expanduser(name_or_path))
     path = os.path.expanduser(name_or_path) if local else name_or_path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path) if tokenizer else None
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as e:
         if local:
@@ -109,7 +110,7 @@ def load_model(name_or_path, device=None, dtype=None):
             f"(offline). Download it first (hf download {name_or_path} --local-dir DIR) or pass a "
             f"local folder: --model /path/to/folder"
         ) from e
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+    if tokenizer and tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
     model.eval()
