@@ -494,6 +494,13 @@ def plan_micro_batch_tokens(free_bytes, fixed_bytes, per_token, per_token_ckpt, 
     return max(step, tokens), True, False
 
 
+def set_checkpointing(model, on):
+    """Gradient (activation) checkpointing on or off: activation_checkpointing_* in transformers
+    >= 5 (gradient_checkpointing_* is deprecated there), gradient_checkpointing_* before."""
+    name = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    getattr(model, f"{name}_checkpointing_{'enable' if on else 'disable'}")()
+
+
 def plan_memory(args, model, amp, world_size, teacher_bytes):
     """On a GPU: measure the activations per token (with and without gradient checkpointing), add
     the fixed part, and choose --micro-batch-tokens (unless given) and gradient checkpointing
@@ -503,10 +510,10 @@ def plan_memory(args, model, amp, world_size, teacher_bytes):
     vocab = model.get_output_embeddings().weight.shape[0]
     layers = model.config.get_text_config().num_hidden_layers
     per_token = activation_bytes_per_token(model, amp)
-    model.gradient_checkpointing_enable()
+    set_checkpointing(model, True)
     per_token_ckpt = activation_bytes_per_token(model, amp) + per_token / layers  # + 1 layer redone
     if not args.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        set_checkpointing(model, False)
     fixed = fixed_training_bytes(n_params, vocab, args.logit_chunk, teacher_bytes, world_size)
     free, total = torch.cuda.mem_get_info(device)
     budget = 0.9 * total - (total - free)  # 10% for the allocator's fragmentation and NCCL
@@ -516,7 +523,7 @@ def plan_memory(args, model, amp, world_size, teacher_bytes):
     if args.micro_batch_tokens is None:
         args.micro_batch_tokens = tokens
     if ckpt and not args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        set_checkpointing(model, True)
         args.gradient_checkpointing = True
     gib = lambda b: f"{b / 2**30:.1f} GiB"
     line = (

@@ -30,6 +30,7 @@ from plumbing import (
     rewind_outputs,
     save_args,
     seed_everything,
+    set_checkpointing,
     world,
 )
 
@@ -62,7 +63,7 @@ def setup_run(args, train_rows, val_rows, reward_fn, build_teacher):
     model_dir = os.path.join(ckpt, "model") if ckpt else args.model
     model, tokenizer = load_model(model_dir, device=device, dtype=torch.float32)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        set_checkpointing(model, True)
     if ws > 1:  # every rank starts from rank 0's weights
         for t in model.state_dict().values():
             dist.broadcast(t, 0)

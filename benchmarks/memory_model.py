@@ -31,6 +31,7 @@ from plumbing import (  # noqa: E402
     activation_bytes_per_token,
     fixed_training_bytes,
     plan_micro_batch_tokens,
+    set_checkpointing,
 )
 
 GIB = 2**30
@@ -45,7 +46,7 @@ def main():
     amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     model = Qwen2ForCausalLM(cfg)
     per_layer = activation_bytes_per_token(model, amp) / 2
-    model.gradient_checkpointing_enable()
+    set_checkpointing(model, True)
     per_layer_ckpt = activation_bytes_per_token(model, amp) / 2
     layers = full["num_hidden_layers"]
     per_token = per_layer * layers

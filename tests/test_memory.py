@@ -111,7 +111,7 @@ def test_activation_bytes_per_token_is_measured_and_checkpointing_shrinks_it():
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from plumbing import activation_bytes_per_token
+    from plumbing import activation_bytes_per_token, set_checkpointing
 
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
@@ -120,7 +120,7 @@ def test_activation_bytes_per_token_is_measured_and_checkpointing_shrinks_it():
     plain = activation_bytes_per_token(model, __import__("contextlib").nullcontext)
     # at least every layer's fp32 input and MLP activations are saved for each token
     assert plain > cfg.num_hidden_layers * (cfg.hidden_size + cfg.intermediate_size) * 4
-    model.gradient_checkpointing_enable()
+    set_checkpointing(model, True)
     ckpt = activation_bytes_per_token(model, __import__("contextlib").nullcontext)
     assert 0 < ckpt < plain / 3  # only each layer's input is kept
 
