@@ -138,21 +138,24 @@ def build_tokenizer(out_dir=None):
     """A character-level tokenizer: Qwen2's byte-level BPE with all 256 byte symbols and no merges,
     so every ASCII character is one token and any text encodes. EOS = pad = <|endoftext|>, as in
     Qwen2.5-Math. It is a Qwen2Tokenizer because that is what AutoTokenizer rebuilds for a folder
-    whose config.json says qwen2 (transformers 5), whatever tokenizer.json holds. The chat template
+    whose config.json says qwen2 (transformers 5), whatever tokenizer.json holds (the fast class,
+    with the same vocabulary, under transformers 4). The chat template
     keeps only the user message (eval.chat_prompt also sends a system prompt)."""
+    import transformers
     from tokenizers import pre_tokenizers
-    from transformers import Qwen2Tokenizer
 
     symbols = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 byte-level symbols
     vocab = {EOS: 0, **{c: i + 1 for i, c in enumerate(symbols)}}
-    tok = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=[],
-        eos_token=EOS,
-        pad_token=EOS,
-        unk_token=EOS,
-        clean_up_tokenization_spaces=False,
-    )
+    special = dict(eos_token=EOS, pad_token=EOS, unk_token=EOS, clean_up_tokenization_spaces=False)
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        tok = transformers.Qwen2Tokenizer(vocab=vocab, merges=[], **special)
+    else:  # transformers 4: the same tokenizer as a fast one over a `tokenizers` BPE
+        from tokenizers import Tokenizer, decoders, models
+
+        bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        tok = transformers.Qwen2TokenizerFast(tokenizer_object=bpe, **special)
     tok.chat_template = CHAT_TEMPLATE
     if out_dir:
         tok.save_pretrained(out_dir)

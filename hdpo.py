@@ -405,8 +405,8 @@ def step_gradients(
 
 
 # ----------------------------------------------------------------------------------------------
-# The training loop: Algorithm 1, one line of the paper per statement. Setup and bookkeeping
-# (statistics, logs, validation, checkpoints) are the named helpers below it.
+# The training loop: Algorithm 1, one line of the paper per statement. The steps' helpers follow
+# it; setup, statistics and validation are in training_run.py, logs and checkpoints in plumbing.py.
 
 
 def train(args, train_rows=None, val_rows=None, reward_fn=None):
