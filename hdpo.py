@@ -1,4 +1,4 @@
-"""HDPO: Hybrid Distillation Policy Optimization (Ding, arXiv 2603.23871), in one file.
+"""HDPO: Hybrid Distillation Policy Optimization (Ding, arXiv 2603.23871): the algorithm, one file.
 
 GRPO for math reasoning, plus privileged self-distillation on "cliff" prompts: prompts whose G
 rollouts all fail, where GRPO's advantages (and so its gradient) are exactly zero. For a cliff
