@@ -188,17 +188,22 @@ def completion_hidden(model, prompts, completions, owner, device, shared_prompt=
     used = sorted(set(owner))  # forward only the prompts this micro-batch continues
     slot = {o: k for k, o in enumerate(used)}
     p_ids, p_attn = right_padded([prompts[o] for o in used], device)  # [P, Lp]
+    c_ids, c_attn = right_padded(completions, device)  # [B, Lc]
+    # one embedding lookup for both forwards: one [V, H] embedding gradient per micro-batch, not two
+    embeds = model.get_input_embeddings()(torch.cat([p_ids.flatten(), c_ids.flatten()]))  # [., H]
+    p_emb, c_emb = embeds.split([p_ids.numel(), c_ids.numel()])
     cache = DynamicCache(config=model.config)
-    p_hidden = base(input_ids=p_ids, attention_mask=p_attn, use_cache=True,
-                    **{cache_kwarg(base): cache}).last_hidden_state  # [P, Lp, H]  # fmt: skip
+    p_hidden = base(inputs_embeds=p_emb.view(*p_ids.shape, -1), attention_mask=p_attn,
+                    use_cache=True, **{cache_kwarg(base): cache}
+                    ).last_hidden_state  # [P, Lp, H]  # fmt: skip
     rows = torch.tensor([slot[o] for o in owner], device=device)  # [B] prompt slot of each row
     cache.batch_select_indices(rows)  # [B, heads, Lp, d] per layer: each row's prompt keys/values
-    c_ids, c_attn = right_padded(completions, device)  # [B, Lc]
     c_pos = rows.new_tensor([len(prompts[o]) for o in owner])[:, None] + torch.arange(
         c_ids.shape[1], device=device
     )  # [B, Lc] positions right after each row's own prompt
-    c_hidden = base(input_ids=c_ids, attention_mask=torch.cat([p_attn[rows], c_attn], 1),
-                    position_ids=c_pos, use_cache=True,
+    c_hidden = base(inputs_embeds=c_emb.view(*c_ids.shape, -1),
+                    attention_mask=torch.cat([p_attn[rows], c_attn], 1), position_ids=c_pos,
+                    use_cache=True,
                     **{cache_kwarg(base): cache}).last_hidden_state  # [B, Lc, H]  # fmt: skip
     # token 0 of a completion is predicted at its prompt's last position, token j at completion j-1
     out = []

@@ -159,7 +159,7 @@ def build_parser():
         "--logit-chunk",
         type=int,
         default=None,
-        help="positions per lm_head chunk (one [chunk, V] fp32 buffer); default 1024 GPU, 128 CPU",
+        help="positions per lm_head chunk (one [chunk, V] fp32 buffer); default 1024 GPU, 256 CPU",
     )
     g.add_argument("--seed", type=int, default=42)
     g = p.add_argument_group("validation")
@@ -235,8 +235,8 @@ def parse_args(argv=None):
         if not ok:
             p.error(msg)
     a.output_dir = a.output_dir or ("runs/demo" if a.demo else "runs/hdpo")
-    if a.logit_chunk is None:  # GPU: big chunks keep kernels busy; CPU: 128 x 151,936 fp32 (78 MB)
-        a.logit_chunk = 1024 if torch.cuda.is_available() else 128
+    if a.logit_chunk is None:  # GPU: big chunks keep kernels busy; CPU: 256 x 151,936 fp32 (156 MB)
+        a.logit_chunk = 1024 if torch.cuda.is_available() else 256  # 256: benchmarks/profile/
     if a.micro_batch_tokens is None and not torch.cuda.is_available():
         a.micro_batch_tokens = 1024  # measured on CPU (benchmarks/profile_step.py); GPU: setup_run
     return a

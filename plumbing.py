@@ -145,6 +145,24 @@ def compute_device():
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def keep_freed_memory():
+    """CPU training: let glibc keep freed memory for reuse instead of handing every large block
+    back to the OS and faulting it in again (zeroed) at the next micro-batch. Each micro-batch
+    frees and re-allocates its activations and [V, H] gradients; with this, a step spent ~9%
+    less time on the same work (benchmarks/profile/, SmolLM2-135M, 2-core CPU) and the peak
+    resident memory did not change. No-op off glibc. Returns whether it was applied."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    largest = ctypes.c_int(2**31 - 1)
+    # M_MMAP_THRESHOLD (-3): blocks below it come from the heap; M_TRIM_THRESHOLD (-1): free
+    # heap top kept up to this many bytes
+    return bool(libc.mallopt(-3, largest)) and bool(libc.mallopt(-1, largest))
+
+
 def world():
     """(rank, world_size); (0, 1) without torchrun."""
     return (

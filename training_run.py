@@ -22,6 +22,7 @@ from plumbing import (
     all_sum,
     compute_device,
     find_checkpoint,
+    keep_freed_memory,
     load_model,
     log_eval,
     plan_memory,
@@ -44,6 +45,8 @@ def setup_run(args, train_rows, val_rows, reward_fn, build_teacher):
     device = compute_device()  # cuda:LOCAL_RANK (pinned by init_distributed), or cpu
     bf16 = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     amp = bf16 if device.type == "cuda" else contextlib.nullcontext
+    if device.type == "cpu":
+        keep_freed_memory()
     if reward_fn is None:
         from verify import reward as reward_fn
     require_trackers(args.report_to)  # a missing tracker package fails before anything loads

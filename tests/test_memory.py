@@ -159,3 +159,38 @@ def test_plan_memory_sets_micro_batch_tokens_and_reports(monkeypatch, tmp_path):
         assert args.micro_batch_tokens >= 1024 and args.gradient_checkpointing == want_ckpt, line
         assert f"--micro-batch-tokens {args.micro_batch_tokens}" in line
         model.gradient_checkpointing_disable()
+
+
+FAULTS_CHILD = r"""
+import resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+import plumbing
+if sys.argv[2] == "keep":
+    assert plumbing.keep_freed_memory()
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):  # 64 MiB blocks before counting: the heap grows to hold one
+    x = torch.ones(2**24)
+    del x
+before = faults()
+for _ in range(5):  # as micro-batches do: allocate, fill, free the same sizes again and again
+    x = torch.ones(2**24)
+    del x
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/lib/x86_64-linux-gnu/libc.so.6")
+    and not os.path.exists("/lib64/libc.so.6"),
+    reason="keep_freed_memory tunes glibc's allocator",
+)
+def test_keep_freed_memory_stops_large_blocks_being_faulted_in_again():
+    def minor_faults(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS_CHILD, ROOT, mode], check=True,
+                             capture_output=True, text=True).stdout  # fmt: skip
+        return int(out.split()[-1])
+
+    default, kept = minor_faults("default"), minor_faults("keep")
+    block = 2**24 * 4 // 4096  # pages in one 64 MiB block
+    assert default >= 5 * block  # by default each block is handed back and faulted in again
+    assert kept <= block  # kept: at most one of the five (glibc settling), not all of them
