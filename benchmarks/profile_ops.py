@@ -1,0 +1,79 @@
+"""Which operations a step's GRPO forward/backward spends its time in, on a real model.
+
+    python benchmarks/profile_ops.py --model DIR [--micro-batch-tokens N] [--logit-chunk N]
+
+DIR: a real model folder, e.g. SmolLM2-135M-Instruct from `python ../shared/tools/make_smollm2.py
+DIR`. Builds the rollouts of one step of bench_step.py's setting without generating them: 4 GSM8K
+prompts (tests/data/gsm8k_test.jsonl) in the model's chat template x 8 completions of 64 random
+token ids, advantages ±1, then runs hdpo.grpo_backward (the forward over packed micro-batches with
+shared prompts, the chunked lm_head, the backward) --repeats times and once more under
+torch.profiler. Prints the wall time of each repeat, the resident-set peak, and the operations by
+self CPU time; --output writes the same as JSON. keep_freed_memory() is applied, as hdpo.train
+does on CPU.
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from torch.profiler import profile  # noqa: E402
+
+import hdpo  # noqa: E402
+from plumbing import keep_freed_memory, load_model  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", required=True, help="a real model folder (SmolLM2-135M-Instruct)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats before the profiled one")
+    p.add_argument("--output", default=None, help="write the figures as JSON")
+    a, rest = p.parse_known_args(argv)  # the rest are hdpo.py flags (--micro-batch-tokens, ...)
+    args = hdpo.parse_args(["--model", a.model, *rest])
+    keep_freed_memory()
+    model, tok = load_model(a.model, device=torch.device("cpu"), dtype=torch.float32)
+    model.train()
+    with open(os.path.join(ROOT, "tests", "data", "gsm8k_test.jsonl")) as f:
+        rows = [json.loads(line) for line in f][:4]
+    prompts = [hdpo.chat_prompt(tok, r.get("question") or r.get("problem")) for r in rows]
+    ids = [tok(x, add_special_tokens=False)["input_ids"] for x in prompts]
+    rng = random.Random(0)
+    seqs = [(ids[i // 8], [rng.randrange(1000, 40000) for _ in range(64)]) for i in range(32)]
+    adv = [rng.choice([-1.0, 1.0]) for _ in seqs]
+    n = sum(len(c) for _, c in seqs)
+
+    def once():
+        model.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        hdpo.grpo_backward(model, seqs, adv, n, args, torch.device("cpu"))
+        return time.perf_counter() - t
+
+    times = [round(once(), 2) for _ in range(a.repeats)]
+    with profile() as prof:
+        once()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    with open("/proc/self/status") as f:
+        hwm = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+    print(f"prompt tokens {[len(i) for i in ids]}, completion tokens {n}, "
+          f"--micro-batch-tokens {args.micro_batch_tokens}, --logit-chunk {args.logit_chunk}, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"grpo_backward wall per repeat (s): {times}; peak RSS {hwm:.0f} MB")
+    top = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in ops[:15]]
+    for name, s, count in top:
+        print(f"  {name[:60]:60s} {s:8.3f} s {100 * s * 1e6 / total:5.1f}%  {count:6d} calls")
+    if a.output:
+        with open(a.output, "w") as f:
+            json.dump({"times_s": times, "peak_rss_mb": hwm, "micro_batch_tokens":
+                       args.micro_batch_tokens, "logit_chunk": args.logit_chunk,
+                       "ops_self_s": top, "self_total_s": total / 1e6}, f, indent=1)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
