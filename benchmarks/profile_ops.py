@@ -7,8 +7,10 @@ DIR`. Builds the rollouts of one step of bench_step.py's setting without generat
 prompts (tests/data/gsm8k_test.jsonl) in the model's chat template x 8 completions of 64 random
 token ids, advantages ±1, then runs hdpo.grpo_backward (the forward over packed micro-batches with
 shared prompts, the chunked lm_head, the backward) --repeats times and once more under
-torch.profiler. Prints the wall time of each repeat, the resident-set peak, and the operations by
-self CPU time; --output writes the same as JSON. keep_freed_memory() is applied, as hdpo.train
+torch.profiler. Prints the wall time of each repeat, the resident-set peak, the operations by
+self CPU time, and the bytes autograd saves for backward per token of one group's micro-batch
+(its prompt and 8 completions; unique storages, the parameters not counted); --output writes the
+same as JSON. keep_freed_memory() is applied, as hdpo.train
 does on CPU.
 """
 
@@ -61,10 +63,12 @@ def main(argv=None):
     total = sum(e.self_cpu_time_total for e in ops)
     with open("/proc/self/status") as f:
         hwm = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+    saved_per_token = saved_bytes_per_token(model, ids[0], [c for _, c in seqs[:8]])  # after
     print(f"prompt tokens {[len(i) for i in ids]}, completion tokens {n}, "
           f"--micro-batch-tokens {args.micro_batch_tokens}, --logit-chunk {args.logit_chunk}, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"grpo_backward wall per repeat (s): {times}; peak RSS {hwm:.0f} MB")
+    print(f"grpo_backward wall per repeat (s): {times}; peak RSS {hwm:.0f} MB; saved for backward "
+          f"{saved_per_token / 2**20:.2f} MiB per token")  # fmt: skip
     top = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in ops[:15]]
     for name, s, count in top:
         print(f"  {name[:60]:60s} {s:8.3f} s {100 * s * 1e6 / total:5.1f}%  {count:6d} calls")
@@ -72,7 +76,27 @@ def main(argv=None):
         with open(a.output, "w") as f:
             json.dump({"times_s": times, "peak_rss_mb": hwm, "micro_batch_tokens":
                        args.micro_batch_tokens, "logit_chunk": args.logit_chunk,
-                       "ops_self_s": top, "self_total_s": total / 1e6}, f, indent=1)  # fmt: skip
+                       "ops_self_s": top, "self_total_s": total / 1e6,
+                       "saved_bytes_per_token": saved_per_token}, f, indent=1)  # fmt: skip
+
+
+def saved_bytes_per_token(model, prompt, completions):
+    """Bytes autograd keeps for backward (unique storages, parameters excluded) in the forward of
+    one micro-batch: a prompt and its completions, shared-prompt forward and chunked head."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        owner = [0] * len(completions)
+        hidden, targets = hdpo.completion_hidden(model, [prompt], completions, owner, "cpu")
+        hdpo.head_gather_lse(hidden, model.get_output_embeddings(), targets[:, None])
+    return sum(seen.values()) / (len(prompt) + sum(len(c) for c in completions))
 
 
 if __name__ == "__main__":

@@ -19,4 +19,5 @@ def test_profile_ops_times_grpo_backward_and_lists_the_matmuls(tiny_qwen_dir, tm
     assert len(got["times_s"]) == 1 and got["micro_batch_tokens"] == 300
     names = [name for name, _, _ in got["ops_self_s"]]
     assert "aten::mm" in names and got["self_total_s"] > 0
+    assert got["saved_bytes_per_token"] > 0
     assert "grpo_backward wall per repeat" in capsys.readouterr().out
