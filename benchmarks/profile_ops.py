@@ -9,8 +9,10 @@ token ids, advantages ±1, then runs hdpo.grpo_backward (the forward over packed
 shared prompts, the chunked lm_head, the backward) --repeats times and once more under
 torch.profiler. Prints the wall time of each repeat, the resident-set peak, the operations by
 self CPU time, and the bytes autograd saves for backward per token of one group's micro-batch
-(its prompt and 8 completions; unique storages, the parameters not counted); --output writes the
-same as JSON. keep_freed_memory() is applied, as hdpo.train
+(its prompt and 8 completions; unique storages, the parameters not counted). With --head-chunks
+128,256,...: the chunked lm_head's forward and backward (forward.HeadGatherLSE) over 1,024
+positions at the model's H and V, per chunk size, and a 2,048 x H x 4H fp32 matmul's rate for
+scale. --output writes the same as JSON. keep_freed_memory() is applied, as hdpo.train
 does on CPU.
 """
 
@@ -36,6 +38,7 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="a real model folder (SmolLM2-135M-Instruct)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats before the profiled one")
     p.add_argument("--output", default=None, help="write the figures as JSON")
+    p.add_argument("--head-chunks", default="", help="e.g. 128,256,512: time the head per chunk")
     a, rest = p.parse_known_args(argv)  # the rest are hdpo.py flags (--micro-batch-tokens, ...)
     args = hdpo.parse_args(["--model", a.model, *rest])
     keep_freed_memory()
@@ -72,12 +75,46 @@ def main(argv=None):
     top = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in ops[:15]]
     for name, s, count in top:
         print(f"  {name[:60]:60s} {s:8.3f} s {100 * s * 1e6 / total:5.1f}%  {count:6d} calls")
+    heads = time_head_chunks(model, [int(c) for c in a.head_chunks.split(",") if c])
+    for chunk, t in heads.get("chunks_s", {}).items():
+        print(f"  lm_head fwd+bwd, 1,024 positions, chunk {chunk}: {t:.3f} s (best of 3)")
+    if heads:
+        print(f"  fp32 matmul 2,048 x H x 4H: {heads['matmul_gflops']:.0f} GFLOP/s")
     if a.output:
         with open(a.output, "w") as f:
-            json.dump({"times_s": times, "peak_rss_mb": hwm, "micro_batch_tokens":
-                       args.micro_batch_tokens, "logit_chunk": args.logit_chunk,
-                       "ops_self_s": top, "self_total_s": total / 1e6,
-                       "saved_bytes_per_token": saved_per_token}, f, indent=1)  # fmt: skip
+            row = {"times_s": times, "peak_rss_mb": hwm, "head": heads}
+            row.update(micro_batch_tokens=args.micro_batch_tokens, logit_chunk=args.logit_chunk)
+            row.update(ops_self_s=top, self_total_s=total / 1e6)
+            json.dump(dict(row, saved_bytes_per_token=saved_per_token), f, indent=1)
+
+
+def time_head_chunks(model, chunks, n=1024, repeats=3):
+    """Best-of-3 wall time of HeadGatherLSE forward + backward over n random positions, per chunk
+    size, at the model's lm_head shape; and a large fp32 matmul's GFLOP/s."""
+    if not chunks:
+        return {}
+    from forward import HeadGatherLSE
+
+    V, H = model.get_output_embeddings().weight.shape
+    w = torch.randn(V, H, requires_grad=True)
+    h = (0.1 * torch.randn(n, H)).requires_grad_()
+    idx = torch.randint(0, V, (n, 1))
+    out = {"vocab": V, "hidden": H, "positions": n, "chunks_s": {}}
+    for chunk in chunks:
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            g, lse = HeadGatherLSE.apply(h, w, None, idx, chunk)
+            (g[:, 0] - lse).sum().backward()
+            best = min(best, time.perf_counter() - t)
+        out["chunks_s"][chunk] = round(best, 3)
+    x, y = torch.randn(2048, H), torch.randn(H, 4 * H)
+    x @ y
+    t, reps = time.perf_counter(), 10
+    for _ in range(reps):
+        x @ y
+    out["matmul_gflops"] = 2 * 2048 * H * 4 * H * reps / (time.perf_counter() - t) / 1e9
+    return out
 
 
 def saved_bytes_per_token(model, prompt, completions):
