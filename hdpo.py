@@ -236,7 +236,7 @@ def parse_args(argv=None):
             p.error(msg)
     a.output_dir = a.output_dir or ("runs/demo" if a.demo else "runs/hdpo")
     if a.logit_chunk is None:  # GPU: big chunks keep kernels busy; CPU: 256 x 151,936 fp32 (156 MB)
-        a.logit_chunk = 1024 if torch.cuda.is_available() else 256  # 256: benchmarks/profile/
+        a.logit_chunk = 1024 if torch.cuda.is_available() else 256  # profile_ops --head-chunks
     if a.micro_batch_tokens is None and not torch.cuda.is_available():
         a.micro_batch_tokens = 1024  # measured on CPU (benchmarks/profile_step.py); GPU: setup_run
     return a

@@ -148,9 +148,10 @@ def compute_device():
 def keep_freed_memory():
     """CPU training: let glibc keep freed memory for reuse instead of handing every large block
     back to the OS and faulting it in again (zeroed) at the next micro-batch. Each micro-batch
-    frees and re-allocates its activations and [V, H] gradients; with this, a step spent ~9%
-    less time on the same work (benchmarks/profile/, SmolLM2-135M, 2-core CPU) and the peak
-    resident memory did not change. No-op off glibc. Returns whether it was applied."""
+    frees and re-allocates its activations and [V, H] gradients. Measured together with two
+    other CPU changes (benchmarks/profile/ab_keep_freed_chunk256_one_embedding.json, SmolLM2-135M,
+    2-core CPU): steps ~14% shorter, peak resident memory unchanged. No-op off glibc. Returns
+    whether it was applied."""
     import ctypes
 
     try:

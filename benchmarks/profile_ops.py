@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
 import hdpo  # noqa: E402
+from data import load_problems  # noqa: E402
 from plumbing import keep_freed_memory, load_model  # noqa: E402
 
 
@@ -44,9 +45,8 @@ def main(argv=None):
     keep_freed_memory()
     model, tok = load_model(a.model, device=torch.device("cpu"), dtype=torch.float32)
     model.train()
-    with open(os.path.join(ROOT, "tests", "data", "gsm8k_test.jsonl")) as f:
-        rows = [json.loads(line) for line in f][:4]
-    prompts = [hdpo.chat_prompt(tok, r.get("question") or r.get("problem")) for r in rows]
+    rows = load_problems(os.path.join(ROOT, "tests", "data", "gsm8k_test.jsonl"), limit=4)
+    prompts = [hdpo.chat_prompt(tok, r["problem"]) for r in rows]
     ids = [tok(x, add_special_tokens=False)["input_ids"] for x in prompts]
     rng = random.Random(0)
     seqs = [(ids[i // 8], [rng.randrange(1000, 40000) for _ in range(64)]) for i in range(32)]
