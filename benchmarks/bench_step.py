@@ -35,10 +35,14 @@ includes importing its libraries and loading the model) is its own:
                 continuous batching (`generate_batch`), and eval.generate; greedy outputs compared
 
 Times: wall (what the issue asks for) and the process's CPU time (user + system), which moves much
-less than wall time when other processes share the machine. OpenMP threads run with
-OMP_WAIT_POLICY=PASSIVE (unless set): spinning waits on a shared 2-core machine cost up to 6x the
-CPU time in decoding. Peak RSS is the process's VmHWM (Linux), read when the child ends (for our
-runs and TRL, also after every step). The reward (both systems, identical): a random-weight model
+less than wall time when other processes share the machine (CPU time counts OpenMP threads
+spinning while they wait). OMP_WAIT_POLICY is the environment's, as a user runs, unless
+--omp-wait-policy sets it: PASSIVE saves CPU time on a shared machine but costs wall time
+(our generation of this setting: 27.1 s under PASSIVE, 16.3 s by default). --rounds N runs the
+step arms N times interleaved (trl, hdpo, ..., trl, hdpo, ...) so that a drift in the machine's
+speed lands on both; the table then gives medians over rounds and each round's ratio. Peak RSS
+is the process's VmHWM (Linux), read when the child ends (for our runs and TRL, also after every
+step). The reward (both systems, identical): a random-weight model
 never gets a verifier reward, so every group would have zero advantages and neither system would
 do backward work. Instead reward = 1 bit of SHA-256 of the completion text: deterministic,
 independent of the system, about half the rollouts rewarded, so the advantages are non-zero and
@@ -699,11 +703,12 @@ def run_child(name, cfg, python, timeout, log):
         TRANSFORMERS_VERBOSITY="error",
         PYTHONWARNINGS="ignore",
     )
-    # OpenMP threads that sleep instead of spinning while they wait: on a shared machine, spinning
-    # threads of a
-    # 2-thread torch lose most of their time to other processes (measured: 6x the CPU time for
-    # decoding).
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY as the user's environment has it unless --omp-wait-policy says otherwise.
+    # PASSIVE (threads sleep between parallel regions) saves CPU time on a machine shared with
+    # other work, but each of the ~80,000 small parallel regions of a decode then pays a wake-up:
+    # our generation of the bench setting took 27.1 s under PASSIVE against 16.3 s by default.
+    if cfg.get("omp_wait_policy"):
+        env["OMP_WAIT_POLICY"] = cfg["omp_wait_policy"]
     label = (
         name
         + (f"[{cfg['length']}]" if name == "memlen" else "")
@@ -737,6 +742,21 @@ def run_child(name, cfg, python, timeout, log):
     err = (p.stderr.strip().splitlines() or ["no output"])[-1]
     print(f"   {label}: FAILED (rc {p.returncode}): {err}", flush=True)
     return {"error": err, "returncode": p.returncode}
+
+
+def merge_rounds(results):
+    """One arm's child results over the rounds -> the first round's dict when there is one round;
+    else medians over the rounds of each round's median step (wall, CPU, generation, the rest),
+    the largest peak RSS, and every round's own result under "rounds"."""
+    ok = [r for r in results if "median_s" in r]
+    if len(results) == 1 or not ok:
+        return results[0]
+    out = dict(ok[0], rounds=results)
+    for k in ["median_s", "cpu_median_s", "generation_median_s", "train_median_s"]:
+        if all(k in r for r in ok):
+            out[k] = statistics.median(r[k] for r in ok)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    return out
 
 
 def model_description(model_dir):
@@ -797,6 +817,14 @@ def report(R, cfg):
             f"{label:<40}{r['median_s']:>9.2f}{fmt(r.get('cpu_median_s'), '.2f'):>9}"
             f"{r['peak_rss_mb']:>15.0f}"
             f"{ratio('median_s'):>10}{ratio('cpu_median_s'):>9}{ratio('peak_rss_mb'):>9}"
+        )
+    if R.get("hdpo_over_trl_by_round"):
+        by_round = R["hdpo_over_trl_by_round"]
+        ok = [x for x in by_round if x is not None]
+        lines.append(
+            "  ours/TRL wall, round by round: "
+            + ", ".join(fmt(x, ".2f") for x in by_round)
+            + (f" (median {statistics.median(ok):.2f})" if ok else "")
         )
     for suffix in ["", "+patch"]:
         h, c = R.get("hdpo" + suffix, {}), R.get("hdpo_cliffs" + suffix, {})
@@ -944,6 +972,19 @@ def main(argv=None):
         "in the child "
         "(it may monkeypatch hdpo/eval): A/B a candidate change against the same baseline run",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the step arms (trl, hdpo, hdpo_cliffs) this many times, interleaved; the "
+        "table reports the median over rounds of each round's median step",
+    )
+    p.add_argument(
+        "--omp-wait-policy",
+        default=None,
+        choices=["PASSIVE", "ACTIVE"],
+        help="OMP_WAIT_POLICY for every child (default: the environment's, as a user runs)",
+    )
     p.add_argument("--output", default=os.path.join(HERE, "benchmarks", "bench_step_results.json"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cfg", default=None, help=argparse.SUPPRESS)
@@ -979,6 +1020,8 @@ def main(argv=None):
         "distill_weight": a.distill_weight,
         "exact_tokens": 16,
         "hdpo_flags": a.hdpo_flags.split(),
+        "rounds": a.rounds,
+        "omp_wait_policy": a.omp_wait_policy,
     }
     lengths = a.lengths or ([64, 256] if a.quick else [64, 256, 1024])
     only = (
@@ -1016,12 +1059,27 @@ def main(argv=None):
     log_path = os.path.join(HERE, "runs", "bench_children.log")  # runs/ is git-ignored
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as log:
-        for name in ["hf_generate", "naive", "trl", "hdpo", "hdpo_cliffs", "genopts"]:
+        for name in ["hf_generate", "naive", "genopts"]:
             if name in only:
                 c = dict(cfg, ab=os.path.abspath(a.ab)) if name == "genopts" and a.ab else cfg
-                R[name] = run_child(
-                    name, c, trl_python if name == "trl" else sys.executable, 1800, log
-                )
+                R[name] = run_child(name, c, sys.executable, 1800, log)
+        # the step arms, interleaved over the rounds (trl, hdpo, ..., trl, hdpo, ...): a drift of
+        # the machine's speed lands on every arm
+        arms = [n for n in ["trl", "hdpo", "hdpo_cliffs"] if n in only]
+        rounds = {n: [] for n in arms}
+        for r in range(a.rounds):
+            for name in arms:
+                if a.rounds > 1:
+                    print(f"round {r + 1}/{a.rounds}", end=" ", flush=True)
+                python = trl_python if name == "trl" else sys.executable
+                rounds[name].append(run_child(name, cfg, python, 1800, log))
+        for name in arms:
+            R[name] = merge_rounds(rounds[name])
+        if "trl" in arms and "hdpo" in arms:
+            R["hdpo_over_trl_by_round"] = [
+                h["median_s"] / t["median_s"] if "median_s" in h and "median_s" in t else None
+                for t, h in zip(rounds["trl"], rounds["hdpo"])
+            ]
         if a.ab:
             for name in ["hdpo", "hdpo_cliffs"]:
                 if name in only:
