@@ -2,6 +2,7 @@
 per-row caps, finished rows leaving), greedy equality with transformers' generate, the bf16
 generation copy."""
 
+import copy
 import os
 
 import pytest
@@ -376,3 +377,34 @@ def test_bf16_generation_copy_follows_the_optimiser(tiny_qwen_dir, impl):
         assert torch.equal(g, p.detach().to(torch.bfloat16))
     out = G._decode(gen, [[1, 2, 3]], 2, [4], 2, True, 1.0, [-5], 0)[0]
     assert [len(t) for t, _, _ in out] == [4, 4]  # the bf16 copy generates (bf16 KV cache)
+
+
+# ----------------------------------------------------------------------------- CPU packed weights
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_packed_linears_compute_the_same_products_for_one_call_only(ctx):
+    """On CPU in fp32 every nn.Linear (the lm_head too) runs from its oneDNN-prepacked weight
+    during a generate() call: the same products up to fp32 rounding, for any rows and with a
+    bias; after the call each Linear is the plain module again. A bf16 model is left alone."""
+    model, tok = ctx
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert any(m.bias is not None for m in linears)  # Qwen2's q/k/v projections
+    x = {m: torch.randn(3, 5, m.in_features) for m in linears}  # [3, 5, in]
+    plain = {m: m(x[m]) for m in linears}
+    with G._packed_linears(model, rows=4):
+        assert all("forward" in vars(m) for m in linears)
+        for m in linears:
+            torch.testing.assert_close(m(x[m]), plain[m], rtol=1e-5, atol=1e-5)
+    assert not any("forward" in vars(m) for m in linears)
+
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda *a: seen.append(1))
+    try:  # the head is called (through its packed weight) at every forward: prefill, 2 decodes
+        G.generate(model, tok, [chat_prompt(tok, "1+1?")], greedy=True, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert len(seen) == 3 and not any("forward" in vars(m) for m in linears)
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    with G._packed_linears(bf16, rows=4):
+        assert not any("forward" in vars(m) for m in bf16.modules())
