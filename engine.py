@@ -36,6 +36,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import platform
 import weakref
 from collections import deque
 
@@ -182,15 +183,18 @@ def _packed_linears(model, rows):
     (the reorder: 0.35 s per call, once). The same products up to fp32 rounding (~1e-4 on
     outputs of size ~25: another summation order). The copies (one per weight, 4 bytes per
     parameter) live for the call only and are made from the current weights, so they are never
-    stale. Elsewhere (CUDA, bf16, a build without oneDNN) the model runs as it is."""
+    stale. Elsewhere (CUDA, bf16, not x86, a build without oneDNN) the model runs as it is."""
     params = list(model.parameters())
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     usable = (
         linears
         and params[0].device.type == "cpu"
         and all(p.dtype == torch.float32 for p in params)
+        and platform.machine().lower() in ("x86_64", "amd64")  # measured on x86 (AVX2) only
         and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and all(
+            hasattr(torch.ops.mkldnn, f) for f in ("_reorder_linear_weight", "_linear_pointwise")
+        )
     )
     if not usable:
         yield

@@ -4,6 +4,7 @@ generation copy."""
 
 import copy
 import os
+import platform
 
 import pytest
 import torch
@@ -382,7 +383,11 @@ def test_bf16_generation_copy_follows_the_optimiser(tiny_qwen_dir, impl):
 # ----------------------------------------------------------------------------- CPU packed weights
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available()
+    or platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="packed weights are used on x86 with oneDNN only",
+)
 def test_packed_linears_compute_the_same_products_for_one_call_only(ctx):
     """On CPU in fp32 every nn.Linear (the lm_head too) runs from its oneDNN-prepacked weight
     during a generate() call: the same products up to fp32 rounding, for any rows and with a
