@@ -26,9 +26,11 @@ starts (Linux, reset through /proc/self/clear_refs). Writes JSON with --output.
 """
 
 import argparse
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -141,6 +143,7 @@ def main(argv=None):
             return float(hashlib.sha256(text.encode()).digest()[0] & 1)
 
     out = tempfile.mkdtemp(prefix="profile_step_")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # ~2 GB of checkpoint
     flags = ["--model", a.model, "--dataset", os.path.join(ROOT, "tests/data/gsm8k_test.jsonl")]
     flags += ["--prompts-per-step", "4", "--num-generations", "8", "--max-steps", str(a.steps)]
     flags += ["--max-new-tokens", str(a.max_new_tokens), "--eval-every", "0", "--output-dir", out]
