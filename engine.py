@@ -168,6 +168,18 @@ def _generation_model(model, dtype=None):
     return gen
 
 
+def packing_available():
+    """Whether _packed_linears packs on this machine: x86 (where it was measured, AVX2) and a torch
+    built with oneDNN's linear ops."""
+    return (
+        platform.machine().lower() in ("x86_64", "amd64")
+        and torch.backends.mkldnn.is_available()
+        and all(
+            hasattr(torch.ops.mkldnn, f) for f in ("_reorder_linear_weight", "_linear_pointwise")
+        )
+    )
+
+
 def _linear_packed(packed, bias, x):
     """nn.Linear's forward from a weight prepacked for oneDNN (see _packed_linears)."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
@@ -180,23 +192,14 @@ def _packed_linears(model, rows):
     `rows` rows. Decoding multiplies a few rows by every weight at every step, the case where
     the plain matmul is slowest: at SmolLM2-135M's shapes and 32 rows, on 2 AVX2 cores, the 30
     layers' matmuls took 73 ms against 94 ms and the 49,152-wide head 16 ms against 38-43 ms
-    (the reorder: 0.35 s per call, once). The same products up to fp32 rounding (~1e-4 on
+    (the reorder: ~0.4 s per call, once). The same products up to fp32 rounding (~1e-4 on
     outputs of size ~25: another summation order). The copies (one per weight, 4 bytes per
     parameter) live for the call only and are made from the current weights, so they are never
     stale. Elsewhere (CUDA, bf16, not x86, a build without oneDNN) the model runs as it is."""
     params = list(model.parameters())
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    usable = (
-        linears
-        and params[0].device.type == "cpu"
-        and all(p.dtype == torch.float32 for p in params)
-        and platform.machine().lower() in ("x86_64", "amd64")  # measured on x86 (AVX2) only
-        and torch.backends.mkldnn.is_available()
-        and all(
-            hasattr(torch.ops.mkldnn, f) for f in ("_reorder_linear_weight", "_linear_pointwise")
-        )
-    )
-    if not usable:
+    cpu_fp32 = params[0].device.type == "cpu" and all(p.dtype == torch.float32 for p in params)
+    if not (linears and cpu_fp32 and packing_available()):
         yield
         return
     try:

@@ -4,7 +4,6 @@ generation copy."""
 
 import copy
 import os
-import platform
 
 import pytest
 import torch
@@ -384,9 +383,7 @@ def test_bf16_generation_copy_follows_the_optimiser(tiny_qwen_dir, impl):
 
 
 @pytest.mark.skipif(
-    not torch.backends.mkldnn.is_available()
-    or platform.machine().lower() not in ("x86_64", "amd64"),
-    reason="packed weights are used on x86 with oneDNN only",
+    not G.packing_available(), reason="packed weights are used on x86 with oneDNN only"
 )
 def test_packed_linears_compute_the_same_products_for_one_call_only(ctx):
     """On CPU in fp32 every nn.Linear (the lm_head too) runs from its oneDNN-prepacked weight
