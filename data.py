@@ -2,21 +2,20 @@
 stream, and the chat prompt (the Qwen2.5-Math system prompt in the tokenizer's chat template).
 
 load_problems(dataset) -> [{"problem", "answer", "solution"}, ...] from a hub id or a local
-.jsonl/.json/.parquet file (through datasets.load_dataset). The privileged prompt x ⊕ y* is
-hdpo.privileged_prompt.
+.jsonl/.json/.parquet file (through datasets.load_dataset, imported only when a dataset is
+loaded). The privileged prompt x ⊕ y* is hdpo.privileged_prompt.
 """
 
 import os
 
-import datasets
 import numpy as np
 
-from plumbing import hub_offline, one_line
+from harness.loading import hub_offline, one_line
 
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 # Qwen2.5-Math's `qwen25-math-cot` input template (QwenLM/Qwen2.5-Math evaluation/utils.py),
-# rendered.
-# Fill with str.replace("{input}", problem), never str.format (the literal \boxed{} would break it).
+# rendered. Fill with str.replace("{input}", problem), never str.format (the literal \boxed{}
+# would break it).
 QWEN25_MATH_COT_TEMPLATE = (
     "<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n"
     "<|im_start|>user\n{input}<|im_end|>\n"
@@ -49,6 +48,8 @@ def _is_local(dataset):
 
 
 def _load_dataset(dataset, split=None, config=None):
+    import datasets  # here, not at the top: the rest of this module works without it
+
     if _is_local(dataset):
         path = os.path.expanduser(dataset)
         if not os.path.exists(path):
@@ -229,26 +230,8 @@ def chat_prompt(tokenizer, user_text):
     return QWEN25_MATH_COT_TEMPLATE.replace("{input}", user_text)
 
 
-# The privileged prompt x ⊕ y* (Algorithm 1, line 4); the plain one, x, is chat_prompt above. Filled
-# with
-# str.replace, never str.format: answers and templates contain literal braces (\boxed{},
-# \frac{1}{2}).
-
-PRIVILEGED_TEMPLATE = (
-    "{problem}\n\n"
-    "(Hint: the correct final answer is {answer}. Write a complete step-by-step solution "
-    "that arrives at it, and put the final answer within \\boxed{}.)"
-)
-
-
-def privileged_prompt(problem, answer, solution=None):
-    """x ⊕ y*: the problem with the ground truth written into it (PAPER.md, 'The idea')."""
-    hint = answer if solution is None else (answer + ". A reference solution:\n" + solution + "\n")
-    return PRIVILEGED_TEMPLATE.replace("{answer}", hint).replace("{problem}", problem)
-
-
-# Training data: the 95/5 split with the seed, and a deterministic prompt stream (epoch e is a fresh
-# permutation seeded with seed + 1 + e), so a checkpoint only needs the stream position.
+# Training data: the 95/5 split with the seed, and a deterministic prompt stream (epoch e is a
+# fresh permutation seeded with seed + 1 + e), so a checkpoint only needs the stream position.
 
 
 def split_train_val(rows, val_fraction, eval_problems, seed):

@@ -1,4 +1,4 @@
-"""Offline demo: `python hdpo.py --demo` (no hub, no GPU, about 3 minutes on 2 CPU cores).
+"""Offline demo: `python demo.py` (no hub, no GPU, about 3 minutes on 2 CPU cores).
 
 What it shows: GRPO gets no gradient from "cliff" prompts (all G rollouts wrong); HDPO distils
 the same model's answer-hinted (privileged) solutions into it on exactly those prompts.
@@ -13,16 +13,17 @@ the same model's answer-hinted (privileged) solutions into it on exactly those p
    <output-dir>/warm_start.
 3. Two arms from that folder, same seed and steps, through hdpo.train (the code that trains the
    real model): GRPO (λ = 0) and HDPO (λ > 0). `--arms all` adds a third, hdpo_reinject: HDPO
-   with re-injection of distilled cliff prompts (PAPER.md, future work; DEMO_REINJECT).
+   with re-injection of distilled cliff prompts (reinject.py, the paper's future work;
+   DEMO_REINJECT).
 4. The same measurements for every arm: cliff fraction of the training prompts (G fresh samples
    at temperature 1, all wrong) before and after, and held-out greedy / pass@1,4,8 (eval.evaluate).
    Writes <output-dir>/demo_summary.json, <arm>/metrics.jsonl (hdpo.train) and demo.png.
 
-Demo settings (DEMO_TRAINING) replace the paper's defaults for the flags the user did not give;
-all are printed. --model and --dataset do not apply. Nothing here is part of the algorithm.
+Demo settings (DEMO_TRAINING) replace the paper's defaults of hdpo.py's flags (`python demo.py
+--help` shows them); all are printed. --model and --dataset do not apply. Nothing here is part of
+the algorithm.
 """
 
-import argparse
 import copy
 import json
 import os
@@ -33,13 +34,17 @@ from types import MappingProxyType
 
 import torch
 
-from data import chat_prompt, privileged_prompt
+import hdpo
+from data import chat_prompt
 from engine import generate
 from eval import evaluate
-from plumbing import load_model, world
+from harness.distributed import world
+from harness.loading import load_model
+from harness.run import run_command
+from hdpo import privileged_prompt
 from verify import reward
 
-# Demo settings for the flags the user did not give (see demo_args); sized for 2 CPU cores.
+# The demo's defaults for hdpo.py's flags (build_parser); sized for 2 CPU cores.
 DEMO_TRAINING = (
     ("max_steps", 80),
     ("prompts_per_step", 16),
@@ -51,9 +56,10 @@ DEMO_TRAINING = (
     ("micro_batch_tokens", 8192),
     ("generation_batch_size", 256),
     ("eval_every", 0),
+    ("output_dir", "runs/demo"),
 )
-# The third arm, hdpo_reinject: HDPO with re-injection (PAPER.md, future work), for the flags the
-# user did not give; the grpo and hdpo arms always run with it off. Chosen once, by reasoning,
+# The third arm, hdpo_reinject: HDPO with re-injection (reinject.py), its defaults for the
+# re-injection flags; the grpo and hdpo arms always run with it off. Chosen once, by reasoning,
 # before any result was seen: the demo's stream shows each of its 96 prompts once every 6 steps
 # (16 per step), so a re-injection only adds a visit if it comes well before that: D = 2, the
 # step after the next, when the distilled update has been followed by one more; M = 4, a quarter
@@ -140,7 +146,7 @@ def build_tokenizer(out_dir=None):
     Qwen2.5-Math. It is a Qwen2Tokenizer because that is what AutoTokenizer rebuilds for a folder
     whose config.json says qwen2 (transformers 5), whatever tokenizer.json holds (the fast class,
     with the same vocabulary, under transformers 4). The chat template
-    keeps only the user message (eval.chat_prompt also sends a system prompt)."""
+    keeps only the user message (data.chat_prompt also sends a system prompt)."""
     import transformers
     from tokenizers import pre_tokenizers
 
@@ -203,7 +209,7 @@ def sft_batch(tokenizer, pairs):
 
 
 def warm_start(model, tokenizer, rows, seed, steps, batch, lr, plain_fraction):
-    """Supervised steps on worked solutions, prompts formatted by eval.chat_prompt as hdpo.train
+    """Supervised steps on worked solutions, prompts formatted by data.chat_prompt as hdpo.train
     does: plain prompts only for PLAIN_LEVELS, privileged prompts (answer in the prompt) for every
     level."""
     rng, plain = random.Random(seed), [r for r in rows if r["level"] in PLAIN_LEVELS]
@@ -291,30 +297,6 @@ def heldout_metrics(model, tokenizer, rows, max_new_tokens, seed):
 # -------------------------------------------------------------------------------------- the demo
 
 
-def explicit_flags(parser, argv):
-    """Dest names of the flags given in argv (hdpo's parser with every default suppressed)."""
-    parser = copy.deepcopy(parser)
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_known_args(argv)[0]))
-
-
-def demo_args(args, parser, argv=None):
-    """A copy of args with DEMO_TRAINING applied to every flag not given in argv (without argv:
-    every flag left at its paper default). Returns (args, names of the flags the demo set)."""
-    a, changed = copy.copy(args), []
-    given = explicit_flags(parser, argv) if argv is not None else None
-    for name, value in DEMO_TRAINING + DEMO_REINJECT:
-        if (
-            (name not in given)
-            if given is not None
-            else (getattr(a, name) == parser.get_default(name))
-        ):
-            setattr(a, name, value)
-            changed.append(name)
-    return a, changed
-
-
 def build_warm_start(out_dir, train, warm, seed):
     """Tokenizer + tiny Qwen2 + supervised warm start, saved to out_dir; returns (model,
     tokenizer)."""
@@ -346,7 +328,7 @@ def measure(model, tokenizer, train, heldout, a):
     }
 
 
-def run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train):
+def run_arm(arm, a, warm_dir, train, start, heldout):
     """hdpo.train from the warm start (λ = 0 for grpo; re-injection only for hdpo_reinject), then
     the same measurements as at the start."""
     arm_args = copy.copy(a)
@@ -368,7 +350,7 @@ def run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train):
     )
     print(f"\n=== {arm.upper()} (λ = {arm_args.distill_weight}{again}) ===", flush=True)
     t0 = time.time()
-    res = hdpo_train(arm_args, train, heldout)  # validation on held-out only with --eval-every
+    res = hdpo.train(arm_args, train, heldout)  # validation on held-out only with --eval-every
     time_s = time.time() - t0
     if res.get("interrupted"):
         raise KeyboardInterrupt
@@ -495,13 +477,11 @@ def plot(out_dir, summary):
     return path
 
 
-def run_demo(args, argv, hdpo_train, parser):
-    """`python hdpo.py --demo`: warm start, then GRPO and/or HDPO, measured the same way (module
-    docstring). argv, the command line, tells which flags the user gave (see demo_args);
-    hdpo_train and parser are hdpo.train and hdpo.build_parser() (passed in, so that this file
-    does not import hdpo.py, which imports it for --demo)."""
+def run_demo(a):
+    """Warm start, then GRPO and/or HDPO, measured the same way (module docstring). a: the
+    flags (parse_args)."""
     t0 = time.time()
-    a, changed = demo_args(args, parser, argv)
+    defaults = dict(DEMO_TRAINING + DEMO_REINJECT)
     arms = ARM_SETS.get(a.arms, (a.arms,))
     random.seed(a.seed), torch.manual_seed(a.seed)
     train, heldout, warm = make_task(a.seed)
@@ -514,8 +494,8 @@ def run_demo(args, argv, hdpo_train, parser):
     print(
         "settings: "
         + ", ".join(
-            f"{k}={getattr(a, k)}{'' if k in changed else ' (yours)'}"
-            for k, _ in DEMO_TRAINING + DEMO_REINJECT
+            f"{k}={getattr(a, k)}{'' if getattr(a, k) == v else ' (yours)'}"
+            for k, v in defaults.items()
         )
         + " (re-injection: hdpo_reinject arm only)"
     )
@@ -546,9 +526,9 @@ def run_demo(args, argv, hdpo_train, parser):
         with open(path) as f:
             summary = {k: v for k, v in json.load(f).items() if k in ALL_ARMS}
     for arm in arms:
-        summary[arm] = run_arm(arm, a, warm_dir, train, start, heldout, hdpo_train)
+        summary[arm] = run_arm(arm, a, warm_dir, train, start, heldout)
         summary[arm]["settings"] = {
-            k: getattr(a, k) for k, _ in DEMO_TRAINING if k != "distill_weight"
+            k: getattr(a, k) for k, _ in DEMO_TRAINING if k not in ("distill_weight", "output_dir")
         }  # (the hdpo_reinject arm's delay and cap are in its "reinject" field)
     summary = {arm: summary[arm] for arm in ALL_ARMS if arm in summary}
     if rank != 0:  # torchrun: rank 0 writes the summary and the plot
@@ -561,3 +541,31 @@ def run_demo(args, argv, hdpo_train, parser):
         f"\nwrote {path}" + (f", {png}" if png else "") + f" | demo total {time.time() - t0:.0f}s"
     )
     return summary
+
+
+def build_parser():
+    """hdpo.py's flags with the demo's defaults (DEMO_TRAINING, DEMO_REINJECT), plus --arms."""
+    p = hdpo.build_parser()
+    p.description = "Offline demo: GRPO vs HDPO on a synthetic task with a tiny model (demo.py)."
+    p.set_defaults(**dict(DEMO_TRAINING + DEMO_REINJECT))
+    g = p.add_argument_group("demo")
+    g.add_argument(
+        "--arms",
+        choices=["grpo", "hdpo", "hdpo_reinject", "both", "all"],
+        default="both",
+        help="both: grpo and hdpo; all: also hdpo_reinject (HDPO with re-injection)",
+    )
+    return p
+
+
+def parse_args(argv=None):
+    return hdpo.parse_args(argv, build_parser())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_command("demo.py", lambda: run_demo(args), args.debug)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ import warnings
 
 from data import DataError, chat_prompt, load_problems
 from engine import PromptTooLongError, generate, model_device
-from plumbing import ModelLoadError, load_model, one_line, quiet_libraries
+from harness.loading import ModelLoadError, load_model, one_line, quiet_libraries
 
 __all__ = ["pass_at_k", "summarize", "evaluate", "generate", "main"]
 DEFAULT_KS = (1, 4, 8)
@@ -54,13 +54,6 @@ def pass_at_k(n, c, k):
         return 1.0
     log_fail = math.fsum(math.log1p(-c / (n - j)) for j in range(k))
     return -math.expm1(log_fail)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-# ----------------------------------------------------------------------------- prompts and
-# generation
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -190,9 +183,6 @@ def evaluate(
     result["generated_tokens"] = tokens
     result["generation_seconds"] = seconds
     return result
-
-
-# ----------------------------------------------------------------------------- model loading
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -6,19 +6,20 @@ prompt x with ground truth y*, the same model sees x ⊕ y* (the problem with th
 into it), its correct solutions ȳ are kept (R = 1 filter), and the privileged model's top-k
 token distribution is distilled into the plain model on ȳ with a Jensen-Shannon loss:
 
-    L_HDPO = L_GRPO + λ · L_JSD                                   (PAPER.md, "The loss")
+    L_HDPO = L_GRPO + λ · L_JSD                                   (the paper's loss)
 
     python hdpo.py --model Qwen/Qwen2.5-Math-1.5B-Instruct          # the paper's setting (1 GPU)
     torchrun --nproc_per_node 8 hdpo.py --model ...                 # the paper's 8 GPUs
-    python hdpo.py --demo                                           # offline CPU demo (demo.py)
+    python demo.py                                                  # offline CPU demo
 
-The file reads top to bottom like Algorithm 1: flags → prompts → rewards, advantages, cliffs →
-per-token losses → their memory-bounded gradients → the training loop (`train`), whose body is
-the algorithm's seven lines. Where it departs from the paper:
+Reading order, top to bottom: advantages and cliffs (Algorithm 1, lines 2-3) → the privileged
+prompt x ⊕ y* and the R = 1 filter (lines 4-5) → the per-token losses → their memory-bounded
+gradients (line 6) → the training loop `train`, whose body is Algorithm 1 line by line (line 7
+is `optimizer_step`) → the teacher → flags and `main`. Where it departs from the paper:
 - Generation uses this repository's engine (engine.py); the paper uses vLLM.
 - One optimiser update per step, on-policy, so the PPO ratio is exp(logp − logp.detach()) = 1
   and the ε-clip (kept, as in the paper) never binds; the gradient is −A·∇logp per token.
-- The paper does not print its privileged-prompt wording; ours is data.PRIVILEGED_TEMPLATE.
+- The paper does not print its privileged-prompt wording; ours is PRIVILEGED_TEMPLATE below.
 - Privileged rollouts per cliff prompt (`--privileged-generations`, default 4) is not stated.
 - Privileged rollouts are sampled from the current policy π_θ (Algorithm 1, line 4) for both
   teachers; the frozen teacher only supplies the target distribution.
@@ -29,9 +30,9 @@ the algorithm's seven lines. Where it departs from the paper:
 - The 95/5 split holds out whole problems (OpenMathInstruct-2 repeats some across rows).
 - Weight decay (0.01) applies to every parameter, biases and norms included (the paper is silent;
   at lr 1e-6 over 2,000 steps it shrinks a weight by a factor of at most 2e-5).
-Setup and statistics are in training_run.py, the forward over rollouts (shared prompts, chunked
-lm_head) in forward.py, generation in engine.py, datasets and the chat prompt in data.py, model
-loading, torchrun helpers, checkpoints and logs in plumbing.py.
+The forward over rollouts (shared prompts, chunked lm_head) is forward.py, generation engine.py,
+datasets and the chat prompt data.py; re-injection (the paper's future work, off by default) is
+reinject.py; setup, logs, checkpoints and torchrun helpers are in harness/.
 """
 
 import argparse
@@ -39,18 +40,13 @@ import contextlib
 import copy
 import math
 import os
-import sys
 import time
+from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 
-from data import (
-    DataError,
-    chat_prompt,
-    privileged_prompt,
-    prompt_stream,
-)
+import reinject
+from data import chat_prompt, prompt_stream
 from engine import generate
 from forward import (
     completion_hidden,
@@ -60,28 +56,350 @@ from forward import (
     pack_micro_batches,
     shares_prompts,
 )
-from plumbing import (
-    TRACKERS,
-    ModelLoadError,
-    StopOnSignal,
-    TrackerError,
-    TrainingError,
-    all_reduce_grads,
-    all_sum,
-    checkpoint_if_due,
-    finish_run,
-    init_distributed,
-    load_model,
-    log_step,
-    quiet_libraries,
-    raise_if_failing,
-)
-from training_run import setup_run, step_statistics, validate_if_due
+from harness.checkpoint import StopOnSignal
+from harness.distributed import all_reduce_grads, all_sum
+from harness.loading import load_model
+from harness.run import finish_run, record_step, run_command, setup_run
+from harness.trackers import TRACKERS
 
 LN2 = math.log(2.0)
 
 # ----------------------------------------------------------------------------------------------
-# Flags: the defaults are the paper's hyper-parameters (PAPER.md, "GRPO as the paper runs it").
+# Rewards, advantages, cliffs (Algorithm 1, lines 2-3). Pure functions on [P, G] tensors.
+
+
+def group_advantages(rewards, kind="loo"):
+    """rewards [P, G] -> advantages [P, G]. 'loo': A_i = r_i - mean_{j != i} r_j (the paper's
+    hyper-parameter table); 'grpo': (r - mean) / (std + 1e-4) (Algorithm 1, line 7)."""
+    G = rewards.shape[1]
+    if kind == "loo":
+        baseline = (rewards.sum(1, keepdim=True) - rewards) / (G - 1)  # [P, G] mean of the others
+        return rewards - baseline
+    mean, std = rewards.mean(1, keepdim=True), rewards.std(1, keepdim=True)  # [P, 1]
+    return (rewards - mean) / (std + 1e-4)
+
+
+def find_cliffs(rewards):
+    """rewards [P, G] -> [P] bool: prompts whose rewards sum to 0 (every rollout failed)."""
+    return rewards.sum(1) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The privileged prompt x ⊕ y* (Algorithm 1, line 4) and the R = 1 filter (line 5). The paper
+# says only "inject ground truth y* into the prompt"; this wording is ours. The answer goes after
+# the problem, so the teacher's context starts like the student's; it asks for a whole solution,
+# because ȳ is what the student is trained on; it repeats the \boxed{} instruction, so the
+# verifier can score ȳ. Filled with str.replace, never str.format: answers contain braces.
+
+PRIVILEGED_TEMPLATE = (
+    "{problem}\n\n"
+    "(Hint: the correct final answer is {answer}. Write a complete step-by-step solution "
+    "that arrives at it, and put the final answer within \\boxed{}.)"
+)
+
+
+def privileged_prompt(problem, answer, solution=None):
+    """x ⊕ y*: the problem with the ground truth written into it (and, with `solution`, the
+    reference solution: --privileged solution). Longer than the plain prompt x."""
+    hint = answer if solution is None else (answer + ". A reference solution:\n" + solution + "\n")
+    return PRIVILEGED_TEMPLATE.replace("{answer}", hint).replace("{problem}", problem)
+
+
+def r1_filter(completions, answers, reward_fn):
+    """Algorithm 1, line 5: keep the privileged rollouts whose reward is 1. -> list of bool."""
+    return [reward_fn(c, a) >= 1 for c, a in zip(completions, answers)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token losses. Pure functions: logits in, one value per position out.
+
+
+def grpo_token_loss(logp, old_logp, advantages, clip_eps=0.2):
+    """PPO-clipped policy-gradient loss per token. logp, old_logp, advantages: [N] -> [N]."""
+    ratio = torch.exp(logp - old_logp)  # [N]
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps)  # [N]
+    return -torch.min(ratio * advantages, clipped * advantages)
+
+
+def jsd_from_topk(student_logits, teacher_topk_values, teacher_topk_indices):
+    """JSD_k per position between the teacher's top-k distribution P (renormalised over its k
+    tokens) and the student's full softmax Q. student_logits [..., V]; teacher top-k [..., k].
+    Exact for the truncated teacher: outside the top-k, P = 0 and each token adds ½·q·ln 2."""
+    student_logits = student_logits.float()
+    lse = torch.logsumexp(student_logits, -1, keepdim=True)  # [..., 1]
+    log_q = student_logits.gather(-1, teacher_topk_indices) - lse  # [..., k]
+    return jsd_from_logq(log_q, teacher_topk_values)
+
+
+def jsd_from_logq(log_q, teacher_topk_values):
+    """jsd_from_topk from the student's log-probabilities on the teacher's top-k tokens,
+    log_q [..., k]: all the student side needs (its mass outside the top-k is 1 - Σ exp(log_q))."""
+    log_p = torch.log_softmax(teacher_topk_values.float(), -1)  # [..., k] teacher, renormalised
+    log_m = torch.logaddexp(log_p, log_q) - LN2  # [..., k] log of M = (P + Q) / 2
+    q = log_q.exp()  # [..., k]
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)  # [...] KL(P || M)
+    tail = (1 - q.sum(-1)).clamp_min(0) * LN2  # [...] Q's mass outside the top-k, where M = Q/2
+    kl_qm = (q * (log_q - log_m)).sum(-1) + tail  # [...] KL(Q || M)
+    return 0.5 * kl_pm + 0.5 * kl_qm
+
+
+def jsd_topk(student_logits, teacher_logits, k=64):
+    """JSD_k(π_T || π_θ) per position (the paper's loss, k = 64). [..., V] x [..., V] -> [...].
+    The teacher side carries no gradient; natural log, bounded by ln 2."""
+    with torch.no_grad():
+        k = min(k, teacher_logits.shape[-1])
+        values, indices = teacher_logits.float().topk(k, -1)  # [..., k]
+    return jsd_from_topk(student_logits, values, indices)
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory-bounded gradients (Algorithm 1, line 6): each loss's forward and backward over
+# micro-batches packed by tokens, a group's prompt forwarded once, the lm_head in chunks (all
+# three in forward.py).
+
+
+def grpo_backward(model, seqs, advantages, n_tokens, args, device, amp=contextlib.nullcontext):
+    """Accumulate ∇ L_GRPO into .grad. seqs: (prompt_ids, completion_ids); advantages: one float
+    per sequence; n_tokens: the step's global completion-token count (token-level loss). Returns
+    this call's share of L_GRPO. Zero-advantage sequences are skipped: their gradient is 0."""
+    work = [(p, c, a) for (p, c), a in zip(seqs, advantages) if a != 0]
+    prompts, owner = grouped([p for p, _, _ in work])
+    comps, shared = [c for _, c, _ in work], shares_prompts(model)
+    total, head = 0.0, model.get_output_embeddings()
+    lens = [len(p) for p in prompts], [len(c) for c in comps]
+    for mb in pack_micro_batches(*lens, owner, args.micro_batch_tokens, shared):
+        mb_comps, mb_owner = [comps[i] for i in mb], [owner[i] for i in mb]
+        with amp():
+            hidden, targets = completion_hidden(model, prompts, mb_comps, mb_owner, device, shared)
+            adv = torch.tensor([work[i][2] for i in mb for _ in comps[i]], device=device)  # [N]
+            target_logit, lse = head_gather_lse(hidden, head, targets[:, None], args.logit_chunk)
+            logp = target_logit[:, 0] - lse  # [N] log π(target)
+            loss = grpo_token_loss(logp, logp.detach(), adv, args.clip_eps).sum() / n_tokens
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def jsd_backward(model, teacher, pairs, n_tokens, args, device, amp=contextlib.nullcontext):
+    """Accumulate ∇ λ·L_JSD into .grad. pairs: (plain_prompt_ids, privileged_prompt_ids, ȳ_ids).
+    Teacher logits come from (x ⊕ y*, ȳ), student logits from (x, ȳ), aligned on ȳ's tokens.
+    n_tokens: the step's global distillation-token count. Returns this call's share of L_JSD."""
+    total, head, t_head = 0.0, model.get_output_embeddings(), teacher.get_output_embeddings()
+    plain, owner = grouped([x for x, _, _ in pairs])  # a cliff's rollouts share x and x ⊕ y*
+    privileged = [pairs[owner.index(k)][1] for k in range(len(plain))]
+    ys, shared = [y for _, _, y in pairs], shares_prompts(model)
+    lens = [max(len(x), len(t)) for x, t in zip(plain, privileged)], [len(y) for y in ys]
+    for mb in pack_micro_batches(*lens, owner, args.micro_batch_tokens, shared):
+        mb_ys, mb_owner = [ys[i] for i in mb], [owner[i] for i in mb]
+        with torch.no_grad(), amp():  # the teacher carries no gradient (drifting or frozen)
+            t_hidden, _ = completion_hidden(teacher, privileged, mb_ys, mb_owner, device, shared)
+            values, indices = head_topk(t_hidden, t_head, args.topk, args.logit_chunk)  # [N, k]
+            del t_hidden
+        with amp():
+            hidden, _ = completion_hidden(model, plain, mb_ys, mb_owner, device, shared)  # [N, H]
+            logits_k, lse = head_gather_lse(hidden, head, indices, args.logit_chunk)  # [N, k], [N]
+            jsd = jsd_from_logq(logits_k - lse[:, None], values)  # [N]
+            loss = jsd.sum() / n_tokens
+        (args.distill_weight * loss).backward()
+        total += loss.item()
+    return total
+
+
+def step_gradients(
+    model, teacher, seqs, advantages, pairs, args, device, amp=contextlib.nullcontext
+):
+    """∇(L_GRPO + λ L_JSD) for this rank's rollouts (seqs, advantages) and distillation pairs,
+    summed over ranks into .grad. Both losses are divided by the global token counts, so the
+    gradient does not depend on how the batch is split.
+    Returns (L_GRPO, L_JSD, N_GRPO tokens, N_JSD tokens)."""
+    n_local = [sum(len(c) for _, c in seqs), sum(len(y) for *_, y in pairs)]
+    n_grpo, n_jsd = all_sum(n_local, device)
+    loss_grpo = grpo_backward(model, seqs, advantages, max(n_grpo, 1), args, device, amp)
+    loss_jsd = 0.0
+    if pairs and args.distill_weight > 0:
+        loss_jsd = jsd_backward(model, teacher, pairs, n_jsd, args, device, amp)
+    all_reduce_grads(model)
+    loss_grpo, loss_jsd = all_sum([loss_grpo, loss_jsd], device)
+    return loss_grpo, loss_jsd, int(n_grpo), int(n_jsd)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop: Algorithm 1, one line of the paper per statement, then its helpers in the
+# order it calls them. What the step produced goes to the bookkeeping as one record (Step).
+
+
+class Batch(NamedTuple):
+    """Algorithm 1, line 1: one step's prompts on this rank."""
+
+    rows: list  # the problems: {"problem", "answer", "solution"}
+    prompts: list  # their chat prompts x
+    indices: list  # their training-row indices
+    reinjected: list  # per prompt: back through re-injection (True) or fresh from the stream
+    skipped: int  # prompts left out: no room to generate under --max-seq-len
+
+
+class Privileged(NamedTuple):
+    """Algorithm 1, line 4: the privileged rollouts ȳ ~ π_θ(· | x ⊕ y*) of this rank's cliffs."""
+
+    owners: list  # the batch index of each rollout's prompt
+    rollouts: list  # engine.generate dicts; their prompt_ids are x ⊕ y*
+    skipped: int  # cliffs whose x ⊕ y* leaves no room to generate under --max-seq-len
+
+
+class Step(NamedTuple):
+    """What one step produced, for the statistics, logs and samples (harness/run.py)."""
+
+    batch: Batch
+    rollouts: list  # G per prompt, prompt-major
+    rewards: torch.Tensor  # [P, G]
+    cliffs: torch.Tensor  # [P] bool
+    privileged: Privileged
+    correct: list  # R = 1 per privileged rollout
+    pairs: list  # T: (x ids, x ⊕ y* ids, ȳ ids), the distilled pairs
+    losses: tuple  # (L_GRPO, L_JSD, N_GRPO tokens, N_JSD tokens)
+    update: dict  # grad_norm, lr, skipped, skipped_steps
+    requeued: int  # prompts queued for re-injection (0 when it is off)
+    times: tuple  # (start, seconds of generation)
+
+
+def train(args, train_rows=None, val_rows=None, reward_fn=None):
+    """Algorithm 1 for args.max_steps steps. Rows are dicts with problem, answer (and solution);
+    without rows, args.dataset is loaded and split 95/5. reward_fn(completion, answer) -> 0 or 1
+    (default verify.reward). Returns a summary dict."""
+    run = setup_run(args, train_rows, val_rows, reward_fn, build_teacher)
+    model, G, device, amp = run.model, args.num_generations, run.device, run.amp
+    with StopOnSignal() as stop:
+        while run.state["step"] < args.max_steps:
+            t0 = time.time()
+            # Re-injection (off by default): former cliffs due back in RL take fresh prompts' place
+            again = reinject.take_due(run.state, args)
+            # Algorithm 1, line 1: a batch of prompts x; G rollouts each from π_θ(· | x)
+            batch = next_prompts(run, again)
+            with amp():
+                rollouts = generate(model, run.tokenizer, batch.prompts, num_samples=G, **run.gen)
+            # line 2: binary rewards; group advantages
+            answers = [batch.rows[i // G]["answer"] for i in range(len(rollouts))]
+            scores = [run.reward_fn(o["text"], a) for o, a in zip(rollouts, answers)]
+            rewards = torch.tensor(scores, dtype=torch.float32).view(len(batch.rows), G)  # [P, G]
+            advantages = group_advantages(rewards, args.advantage)  # [P, G]
+            # line 3: cliffs, the prompts whose G rollouts all failed
+            cliffs = find_cliffs(rewards)  # [P] bool
+            # line 4: privileged rollouts ȳ ~ π_θ(· | x ⊕ y*) on (up to --max-cliffs) cliffs
+            privileged = privileged_rollouts(run, batch.rows, cliffs)
+            # line 5: keep the correct ones (R = 1): T = {(x, x ⊕ y*, ȳ)}
+            owners, texts = privileged.owners, [o["text"] for o in privileged.rollouts]
+            correct = r1_filter(texts, [batch.rows[i]["answer"] for i in owners], run.reward_fn)
+            pairs = [
+                (rollouts[i * G]["prompt_ids"], o["prompt_ids"], o["completion_ids"])
+                for o, i, ok in zip(privileged.rollouts, owners, correct)
+                if ok
+            ]
+            t_gen = time.time() - t0
+            # line 6: ∇(L_GRPO + λ L_JSD), each loss divided by its global token count
+            model.train()
+            seqs = [(o["prompt_ids"], o["completion_ids"]) for o in rollouts]
+            adv = advantages.flatten().tolist()
+            losses = step_gradients(model, run.teacher, seqs, adv, pairs, args, device, amp)
+            # line 7: θ ← θ − α ∇ (AdamW; clipped; no update if the loss or gradient is not finite)
+            update = optimizer_step(run, losses)
+            # Re-injection: the cliffs distilled in this update queue to return to RL later
+            requeued = reinject.after_update(run.state, args, batch, owners, correct, update)
+
+            # Bookkeeping, not the algorithm: statistics, validation, logs, checkpoint
+            step = Step(batch=batch, rollouts=rollouts, rewards=rewards, cliffs=cliffs,
+                        privileged=privileged, correct=correct, pairs=pairs, losses=losses,
+                        update=update, requeued=requeued, times=(t0, t_gen))  # fmt: skip
+            if record_step(run, step, stop):
+                break
+    return finish_run(run, stop)
+
+
+def next_prompts(run, again=()):
+    """Algorithm 1, line 1: the step's prompts from the shuffled stream, this rank's shard; a
+    prompt must leave room for a completion under --max-seq-len. -> Batch.
+    `again` (re-injection's training-row indices) fill the last places of the step's global list;
+    the fresh prompts they replace are deferred, not dropped: the stream advances by the fresh
+    prompts used, so every training prompt is still drawn once per pass."""
+    args, rank, ws = run.args, run.rank, run.world_size
+    fresh = args.prompts_per_step - len(again)
+    idx = prompt_stream(len(run.train_rows), run.state["data_pos"], fresh, args.seed) + list(again)
+    run.state["data_pos"] += fresh
+    mine = list(range(len(idx)))[rank::ws]  # this rank's places in the step's global list
+    prompts = {j: chat_prompt(run.tokenizer, run.train_rows[idx[j]]["problem"]) for j in mine}
+    keep = [j for j in mine if run.n_tokens(prompts[j]) < args.max_seq_len]
+    return Batch(
+        rows=[run.train_rows[idx[j]] for j in keep],
+        prompts=[prompts[j] for j in keep],
+        indices=[idx[j] for j in keep],
+        reinjected=[j >= fresh for j in keep],
+        skipped=len(mine) - len(keep),
+    )
+
+
+def privileged_rollouts(run, rows, cliffs):
+    """Algorithm 1, line 4: --privileged-generations rollouts from π_θ(· | x ⊕ y*) for each of the
+    first ceil(--max-cliffs / world size) cliff prompts whose privileged prompt fits under
+    --max-seq-len (x ⊕ y* is longer than x). -> Privileged."""
+    args, n = run.args, run.args.privileged_generations
+    if not (args.distill_weight > 0 and args.max_cliffs > 0 and bool(cliffs.any())):
+        return Privileged([], [], 0)
+    solution = lambda r: r.get("solution") if args.privileged == "solution" else None
+    x_y = lambda r: privileged_prompt(r["problem"], r["answer"], solution(r))  # x ⊕ y*
+    prompts = {i: chat_prompt(run.tokenizer, x_y(rows[i])) for i in cliffs.nonzero()[:, 0].tolist()}
+    fits = [i for i in prompts if run.n_tokens(prompts[i]) < args.max_seq_len]
+    chosen = fits[: math.ceil(args.max_cliffs / run.world_size)]  # the cap counts distillable ones
+    with run.amp():
+        rollouts = generate(
+            run.model, run.tokenizer, [prompts[i] for i in chosen], num_samples=n, **run.gen
+        )
+    owners = [chosen[j // n] for j in range(len(rollouts))]
+    return Privileged(owners, rollouts, skipped=len(prompts) - len(fits))
+
+
+def optimizer_step(run, losses):
+    """Algorithm 1, line 7: clip the gradient norm, then one AdamW step and one scheduler step;
+    a non-finite loss or gradient makes no update and is counted. -> the update's record."""
+    args, state = run.args, run.state
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.max_grad_norm).item()
+    lr = run.scheduler.get_last_lr()[0]
+    finite = all(math.isfinite(v) for v in (grad_norm, losses[0], losses[1]))
+    if finite:
+        run.optimizer.step()
+        state["bad_steps"] = 0
+    else:  # non-finite loss or gradient: no update, counted and logged
+        state["bad_steps"] += 1
+        state["skipped_steps"] += 1
+    run.optimizer.zero_grad(set_to_none=True)  # gradients freed before the next generation
+    run.scheduler.step()
+    state["step"] += 1
+    return {
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "skipped": not finite,
+        "skipped_steps": state["skipped_steps"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The teacher (the paper's Table 2): drifting (the policy itself) or frozen (the initial weights).
+
+
+def build_teacher(args, model, ckpt, device):
+    """Drifting: the policy itself (used under no_grad). Frozen: a copy of the initial weights
+    (restored from the checkpoint on --resume), in the compute dtype: bf16 on GPU, where it only
+    ever runs under bf16 autocast, fp32 on CPU."""
+    if args.teacher != "frozen" or args.distill_weight == 0:
+        return model
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if ckpt:
+        teacher, _ = load_model(os.path.join(ckpt, "teacher"), device, dtype, tokenizer=False)
+    else:
+        teacher = copy.deepcopy(model).to(dtype)
+    return teacher.requires_grad_(False).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags: the defaults are the paper's hyper-parameters (its Table 2). Then main.
 
 
 def build_parser():
@@ -125,9 +443,7 @@ def build_parser():
     g.add_argument(
         "--privileged", choices=["answer", "solution"], default="answer", help="what x ⊕ y* adds"
     )
-    g = p.add_argument_group(
-        "re-injection (PAPER.md, future work: 'expand, then sharpen'; off by default)"
-    )
+    g = p.add_argument_group("re-injection (the paper's future work, reinject.py; off by default)")
     g.add_argument(
         "--reinject-delay",
         type=int,
@@ -152,7 +468,7 @@ def build_parser():
         "--micro-batch-tokens",
         type=int,
         default=None,
-        help="padded tokens per forward/backward (default: CPU 1024; GPU from the memory model)",
+        help="padded tokens per forward/backward (default: CPU 1024; GPU from the memory plan)",
     )
     g.add_argument("--generation-batch-size", type=int, default=128, help="sequences per batch")
     g.add_argument(
@@ -168,7 +484,7 @@ def build_parser():
     g.add_argument("--eval-n", type=int, default=8, help="samples per problem for pass@k")
     g.add_argument("--eval-k", type=int, nargs="+", default=[4, 8])
     g = p.add_argument_group("output and checkpoints")
-    g.add_argument("--output-dir", default=None, help="default runs/hdpo (runs/demo with --demo)")
+    g.add_argument("--output-dir", default="runs/hdpo")
     g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: end)")
     g.add_argument("--keep-checkpoints", type=int, default=2)
     g.add_argument(
@@ -177,24 +493,21 @@ def build_parser():
     g.add_argument("--max-bad-steps", type=int, default=5, help="stop after N non-finite steps")
     g.add_argument("--samples-per-step", type=int, default=2, help="completions in samples.jsonl")
     g.add_argument(
-        "--report-to", nargs="+", choices=["none", *TRACKERS], default=["none"],
+        "--report-to",
+        nargs="+",
+        choices=["none", *TRACKERS],
+        default=["none"],
         help="experiment trackers, offline, optional packages (several allowed)",
-    )  # fmt: skip
+    )
     g.add_argument("--tracker-project", default="hdpo", help="wandb / trackio project")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
-    g = p.add_argument_group("offline demo")
-    g.add_argument("--demo", action="store_true", help="tiny model, synthetic task, GRPO vs HDPO")
-    g.add_argument(
-        "--arms",
-        choices=["grpo", "hdpo", "hdpo_reinject", "both", "all"],
-        default="both",
-        help="both: grpo and hdpo; all: also hdpo_reinject (HDPO with re-injection)",
-    )
     return p
 
 
-def parse_args(argv=None):
-    p = build_parser()
+def parse_args(argv=None, parser=None):
+    """The flags, checked (an invalid value is an argparse error, exit 2). parser: build_parser()
+    unless given (demo.py passes hdpo's parser with its own defaults)."""
+    p = parser or build_parser()
     a = p.parse_args(argv)
     checks = [
         (a.num_generations >= 2, "--num-generations must be >= 2 (GRPO needs a group)"),
@@ -234,385 +547,16 @@ def parse_args(argv=None):
     for ok, msg in checks:
         if not ok:
             p.error(msg)
-    a.output_dir = a.output_dir or ("runs/demo" if a.demo else "runs/hdpo")
     if a.logit_chunk is None:  # GPU: big chunks keep kernels busy; CPU: 256 x 151,936 fp32 (156 MB)
         a.logit_chunk = 1024 if torch.cuda.is_available() else 256  # profile_ops --head-chunks
     if a.micro_batch_tokens is None and not torch.cuda.is_available():
-        a.micro_batch_tokens = 1024  # measured on CPU (benchmarks/profile_step.py); GPU: setup_run
+        a.micro_batch_tokens = 1024  # measured on CPU (benchmarks/profile_step.py); GPU: the plan
     return a
-
-
-# ----------------------------------------------------------------------------------------------
-# Rewards, advantages, cliffs (Algorithm 1, lines 2-3). Pure functions on [P, G] tensors.
-
-
-def group_advantages(rewards, kind="loo"):
-    """rewards [P, G] -> advantages [P, G]. 'loo': A_i = r_i - mean_{j != i} r_j (the paper's
-    table); 'grpo': (r - mean) / (std + 1e-4) (Algorithm 1, line 7)."""
-    G = rewards.shape[1]
-    if kind == "loo":
-        baseline = (rewards.sum(1, keepdim=True) - rewards) / (G - 1)  # [P, G] mean of the others
-        return rewards - baseline
-    mean, std = rewards.mean(1, keepdim=True), rewards.std(1, keepdim=True)  # [P, 1]
-    return (rewards - mean) / (std + 1e-4)
-
-
-def find_cliffs(rewards):
-    """rewards [P, G] -> [P] bool: prompts whose rewards sum to 0 (every rollout failed)."""
-    return rewards.sum(1) == 0
-
-
-def r1_filter(completions, answers, reward_fn):
-    """Algorithm 1, line 5: keep the privileged rollouts whose reward is 1. -> list of bool."""
-    return [reward_fn(c, a) >= 1 for c, a in zip(completions, answers)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Re-injection (PAPER.md, "Future work the paper names": re-inject former cliff prompts into RL
-# after a delay, "expand, then sharpen"). Distillation expands what the model can do on a cliff
-# prompt; --reinject-delay steps later the prompt returns to an RL batch, where GRPO gets a
-# gradient from it as soon as one of its G rollouts succeeds. The queue is a list of
-# (step distilled, training-row index), oldest first. Pure functions on lists.
-
-
-def reinject_take(queue, step, delay, cap):
-    """The prompts due at `step` (distilled at step s with s + delay <= step), oldest first, at
-    most `cap`. -> (their training-row indices, the queue without them)."""
-    by_age = sorted(range(len(queue)), key=lambda k: queue[k][0])  # stable: queue order on ties
-    due = [k for k in by_age if queue[k][0] + delay <= step][:cap]
-    taken = set(due)
-    return [queue[k][1] for k in due], [e for k, e in enumerate(queue) if k not in taken]
-
-
-def reinject_enqueue(queue, indices, step):
-    """Append (step, i) for each training-row index i distilled at `step`, in order. A prompt
-    still queued (drawn again from the stream and distilled again before its re-injection) keeps
-    its place: one entry per prompt. -> the new queue."""
-    queued = {i for _, i in queue}
-    return queue + [(step, i) for i in dict.fromkeys(indices) if i not in queued]
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-token losses. Pure functions: logits in, one value per position out.
-
-
-def grpo_token_loss(logp, old_logp, advantages, clip_eps=0.2):
-    """PPO-clipped policy-gradient loss per token. logp, old_logp, advantages: [N] -> [N]."""
-    ratio = torch.exp(logp - old_logp)  # [N]
-    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps)  # [N]
-    return -torch.min(ratio * advantages, clipped * advantages)
-
-
-def jsd_from_topk(student_logits, teacher_topk_values, teacher_topk_indices):
-    """JSD_k per position between the teacher's top-k distribution P (renormalised over its k
-    tokens) and the student's full softmax Q. student_logits [..., V]; teacher top-k [..., k].
-    Exact for the truncated teacher: outside the top-k, P = 0 and each token adds ½·q·ln 2."""
-    student_logits = student_logits.float()
-    lse = torch.logsumexp(student_logits, -1, keepdim=True)  # [..., 1]
-    log_q = student_logits.gather(-1, teacher_topk_indices) - lse  # [..., k]
-    return jsd_from_logq(log_q, teacher_topk_values)
-
-
-def jsd_from_logq(log_q, teacher_topk_values):
-    """jsd_from_topk from the student's log-probabilities on the teacher's top-k tokens,
-    log_q [..., k]: all the student side needs (its mass outside the top-k is 1 - Σ exp(log_q))."""
-    log_p = torch.log_softmax(teacher_topk_values.float(), -1)  # [..., k] teacher, renormalised
-    log_m = torch.logaddexp(log_p, log_q) - LN2  # [..., k] log of M = (P + Q) / 2
-    q = log_q.exp()  # [..., k]
-    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)  # [...] KL(P || M)
-    tail = (1 - q.sum(-1)).clamp_min(0) * LN2  # [...] Q's mass outside the top-k, where M = Q/2
-    kl_qm = (q * (log_q - log_m)).sum(-1) + tail  # [...] KL(Q || M)
-    return 0.5 * kl_pm + 0.5 * kl_qm
-
-
-def jsd_topk(student_logits, teacher_logits, k=64):
-    """JSD_k(π_T || π_θ) per position (PAPER.md, "The loss"). [..., V] x [..., V] -> [...].
-    The teacher side carries no gradient; natural log, bounded by ln 2."""
-    with torch.no_grad():
-        k = min(k, teacher_logits.shape[-1])
-        values, indices = teacher_logits.float().topk(k, -1)  # [..., k]
-    return jsd_from_topk(student_logits, values, indices)
-
-
-# ----------------------------------------------------------------------------------------------
-# Memory-bounded gradients: each loss's forward and backward over micro-batches packed by
-# tokens, a group's prompt forwarded once, the lm_head in chunks (all three in forward.py).
-
-
-def grpo_backward(model, seqs, advantages, n_tokens, args, device, amp=contextlib.nullcontext):
-    """Accumulate ∇ L_GRPO into .grad. seqs: (prompt_ids, completion_ids); advantages: one float
-    per sequence; n_tokens: the step's global completion-token count (token-level loss). Returns
-    this call's share of L_GRPO. Zero-advantage sequences are skipped: their gradient is 0."""
-    work = [(p, c, a) for (p, c), a in zip(seqs, advantages) if a != 0]
-    prompts, owner = grouped([p for p, _, _ in work])
-    comps, shared = [c for _, c, _ in work], shares_prompts(model)
-    total, head = 0.0, model.get_output_embeddings()
-    lens = [len(p) for p in prompts], [len(c) for c in comps]
-    for mb in pack_micro_batches(*lens, owner, args.micro_batch_tokens, shared):
-        with amp():
-            hidden, targets = completion_hidden(model, prompts, [comps[i] for i in mb],
-                                                [owner[i] for i in mb], device, shared)  # fmt: skip
-            adv = torch.tensor([work[i][2] for i in mb for _ in comps[i]], device=device)  # [N]
-            target_logit, lse = head_gather_lse(hidden, head, targets[:, None], args.logit_chunk)
-            logp = target_logit[:, 0] - lse  # [N] log π(target)
-            loss = grpo_token_loss(logp, logp.detach(), adv, args.clip_eps).sum() / n_tokens
-        loss.backward()
-        total += loss.item()
-    return total
-
-
-def jsd_backward(model, teacher, pairs, n_tokens, args, device, amp=contextlib.nullcontext):
-    """Accumulate ∇ λ·L_JSD into .grad. pairs: (plain_prompt_ids, privileged_prompt_ids, ȳ_ids).
-    Teacher logits come from (x ⊕ y*, ȳ), student logits from (x, ȳ), aligned on ȳ's tokens.
-    n_tokens: the step's global distillation-token count. Returns this call's share of L_JSD."""
-    total, head, t_head = 0.0, model.get_output_embeddings(), teacher.get_output_embeddings()
-    plain, owner = grouped([x for x, _, _ in pairs])  # a cliff's rollouts share x and x ⊕ y*
-    hinted = [pairs[owner.index(k)][1] for k in range(len(plain))]
-    ys, shared = [y for _, _, y in pairs], shares_prompts(model)
-    lens = [max(len(x), len(t)) for x, t in zip(plain, hinted)], [len(y) for y in ys]
-    for mb in pack_micro_batches(*lens, owner, args.micro_batch_tokens, shared):
-        mb_ys, mb_owner = [ys[i] for i in mb], [owner[i] for i in mb]
-        with torch.no_grad(), amp():  # the teacher carries no gradient (drifting or frozen)
-            t_hidden, _ = completion_hidden(teacher, hinted, mb_ys, mb_owner, device, shared)
-            values, indices = head_topk(t_hidden, t_head, args.topk, args.logit_chunk)  # [N, k]
-            del t_hidden
-        with amp():
-            hidden, _ = completion_hidden(model, plain, mb_ys, mb_owner, device, shared)  # [N, H]
-            logits_k, lse = head_gather_lse(hidden, head, indices, args.logit_chunk)  # [N, k], [N]
-            jsd = jsd_from_logq(logits_k - lse[:, None], values)  # [N]
-            loss = jsd.sum() / n_tokens
-        (args.distill_weight * loss).backward()
-        total += loss.item()
-    return total
-
-
-def step_gradients(
-    model, teacher, seqs, advantages, pairs, args, device, amp=contextlib.nullcontext
-):
-    """∇(L_GRPO + λ L_JSD) for this rank's rollouts (seqs, advantages) and distillation pairs,
-    summed over ranks into .grad. Both losses are divided by the global token counts, so the
-    gradient does not depend on how the batch is split.
-    Returns (L_GRPO, L_JSD, N_GRPO tokens, N_JSD tokens)."""
-    n_local = [sum(len(c) for _, c in seqs), sum(len(y) for *_, y in pairs)]
-    n_grpo, n_jsd = all_sum(n_local, device)
-    loss_grpo = grpo_backward(model, seqs, advantages, max(n_grpo, 1), args, device, amp)
-    loss_jsd = 0.0
-    if pairs and args.distill_weight > 0:
-        loss_jsd = jsd_backward(model, teacher, pairs, n_jsd, args, device, amp)
-    all_reduce_grads(model)
-    loss_grpo, loss_jsd = all_sum([loss_grpo, loss_jsd], device)
-    return loss_grpo, loss_jsd, int(n_grpo), int(n_jsd)
-
-
-# ----------------------------------------------------------------------------------------------
-# The training loop: Algorithm 1, one line of the paper per statement. The steps' helpers follow
-# it; setup, statistics and validation are in training_run.py, logs and checkpoints in plumbing.py.
-
-
-def train(args, train_rows=None, val_rows=None, reward_fn=None):
-    """Algorithm 1 for args.max_steps steps. Rows are dicts with problem, answer (and solution);
-    without rows, args.dataset is loaded and split 95/5. reward_fn(completion, answer) -> 0 or 1
-    (default verify.reward). Returns a summary dict."""
-    run = setup_run(args, train_rows, val_rows, reward_fn, build_teacher)
-    model, G, device, amp = run.model, args.num_generations, run.device, run.amp
-    with StopOnSignal() as stop:
-        while run.state["step"] < args.max_steps:
-            t0 = time.time()
-            # Algorithm 1, line 1: a batch of prompts (this rank's shard); G rollouts from π_θ(· |
-            # x)
-            batch, prompts = next_prompts(run)
-            with amp():
-                rollouts = generate(model, run.tokenizer, prompts, num_samples=G, **run.gen)
-            # line 2: binary reward; group advantages
-            rewards = torch.tensor(
-                [run.reward_fn(o["text"], batch[i // G]["answer"]) for i, o in enumerate(rollouts)],
-                dtype=torch.float32,
-            ).view(len(batch), G)  # [P, G]
-            advantages = group_advantages(rewards, args.advantage)  # [P, G]
-            # line 3: cliffs, the prompts whose G rollouts all failed
-            cliffs = find_cliffs(rewards)  # [P] bool
-            # line 4: privileged rollouts ȳ ~ π_θ(· | x ⊕ y*) on (up to --max-cliffs) cliffs
-            owners, priv = privileged_rollouts(run, batch, cliffs)
-            # line 5: keep the correct ones (R = 1): T = {(x, x ⊕ y*, ȳ)}
-            answers = [batch[i]["answer"] for i in owners]
-            priv_ok = r1_filter([o["text"] for o in priv], answers, run.reward_fn)
-            pairs = [
-                (rollouts[i * G]["prompt_ids"], o["prompt_ids"], o["completion_ids"])
-                for o, i, ok in zip(priv, owners, priv_ok)
-                if ok
-            ]
-            t_gen = time.time() - t0
-            # line 6: ∇(L_GRPO + λ L_JSD), each loss divided by its global token count
-            model.train()
-            seqs = [(o["prompt_ids"], o["completion_ids"]) for o in rollouts]
-            adv = advantages.flatten().tolist()
-            losses = step_gradients(model, run.teacher, seqs, adv, pairs, args, device, amp)
-            # line 7: θ ← θ − α ∇ (AdamW; clipped; no update if the loss or gradient is not finite)
-            update = optimizer_step(run, losses)
-            # Expand, then sharpen (PAPER.md, future work; --reinject-delay): the cliff prompts
-            # distilled in this update, gathered from every rank, queue for re-injection
-            requeue_distilled(run, owners, priv_ok, update)
-
-            # Bookkeeping: statistics, validation, logs, checkpoint (not part of the algorithm).
-            row = step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losses)
-            row.update(update, generation_time_s=round(t_gen, 3))
-            row["train_time_s"] = round(time.time() - t0 - t_gen, 3)
-            row.update(validate_if_due(run))
-            row["step_time_s"] = round(time.time() - t0, 3)  # generation to update (and validation)
-            log_step(run, row, batch, rollouts, rewards, owners, priv, priv_ok)
-            raise_if_failing(run)
-            if checkpoint_if_due(run, stop):
-                break
-    return finish_run(run, stop)
-
-
-def next_prompts(run):
-    """Algorithm 1, line 1: the step's prompts from the shuffled stream, this rank's shard; a
-    prompt must leave room for a completion under --max-seq-len. -> (rows, chat prompts).
-    With --reinject-delay, the prompts due for re-injection fill the last places of the step's
-    global list and the fresh prompts they replace are deferred, not dropped: the stream advances
-    by the fresh prompts used, so every training prompt is still drawn once per pass."""
-    args, rank, ws = run.args, run.rank, run.world_size
-    again = reinject_due(run)  # [] without --reinject-delay: then exactly the fresh stream
-    fresh = args.prompts_per_step - len(again)
-    idx = prompt_stream(len(run.train_rows), run.state["data_pos"], fresh, args.seed) + again
-    run.state["data_pos"] += fresh
-    batch = [run.train_rows[i] for i in idx[rank::ws]]  # this rank's shard of the step's prompts
-    prompts = [chat_prompt(run.tokenizer, r["problem"]) for r in batch]
-    keep = [run.n_tokens(p) < args.max_seq_len for p in prompts]
-    run.step_long_prompts = keep.count(False)  # skipped, counted in metrics.jsonl
-    run.step_rows = [i for i, k in zip(idx[rank::ws], keep) if k]  # training-row index per prompt
-    run.step_reinjected = [j >= fresh for j, k in zip(range(len(idx))[rank::ws], keep) if k]
-    return [r for r, k in zip(batch, keep) if k], [p for p, k in zip(prompts, keep) if k]
-
-
-def reinject_due(run):
-    """The coming step's re-injected prompts (training-row indices), taken off the queue: at most
-    min(--reinject-max, --prompts-per-step), distilled at least --reinject-delay steps ago. The
-    queue is the same on every rank, so every rank takes the same prompts."""
-    args, state = run.args, run.state
-    if not args.reinject_delay:
-        return []
-    cap = min(args.reinject_max, args.prompts_per_step)
-    again, state["reinject_queue"] = reinject_take(
-        state["reinject_queue"], state["step"] + 1, args.reinject_delay, cap
-    )
-    return again
-
-
-def requeue_distilled(run, owners, priv_ok, update):
-    """The cliff prompts whose distillation ran in this step's update (at least one R = 1
-    privileged rollout distilled, and the update was applied) join the re-injection queue with
-    this step's number. Every rank's are gathered (rank order, then batch order) and every rank
-    enqueues the same list, so the queue is global and identical on every rank (rank 0's copy,
-    saved in the checkpoint, is every rank's)."""
-    run.step_queued = 0
-    if not run.args.reinject_delay:
-        return
-    ok_owners = [i for i, ok in zip(owners, priv_ok) if ok]
-    distilled = [] if update["skipped"] else [run.step_rows[i] for i in ok_owners]
-    if run.world_size > 1:
-        gathered = [None] * run.world_size
-        dist.all_gather_object(gathered, distilled)
-        distilled = [i for g in gathered for i in g]
-    queue = run.state["reinject_queue"]
-    run.state["reinject_queue"] = reinject_enqueue(queue, distilled, run.state["step"])
-    run.step_queued = len(run.state["reinject_queue"]) - len(queue)
-
-
-def privileged_rollouts(run, batch, cliffs):
-    """Algorithm 1, line 4: --privileged-generations rollouts from π_θ(· | x ⊕ y*) for each of the
-    first ceil(--max-cliffs / world size) cliff prompts whose privileged prompt fits under
-    --max-seq-len (x ⊕ y* is longer than x). -> (owner prompt index per rollout, rollouts)."""
-    args, n = run.args, run.args.privileged_generations
-    if not (args.distill_weight > 0 and args.max_cliffs > 0 and bool(cliffs.any())):
-        return [], []
-    solution = lambda r: r.get("solution") if args.privileged == "solution" else None
-    hinted = lambda r: privileged_prompt(r["problem"], r["answer"], solution(r))
-    prompts = {
-        i: chat_prompt(run.tokenizer, hinted(batch[i])) for i in cliffs.nonzero()[:, 0].tolist()
-    }
-    fits = [i for i in prompts if run.n_tokens(prompts[i]) < args.max_seq_len]
-    run.step_long_prompts += len(prompts) - len(fits)
-    chosen = fits[: math.ceil(args.max_cliffs / run.world_size)]  # the cap counts distillable ones
-    with run.amp():
-        rollouts = generate(
-            run.model, run.tokenizer, [prompts[i] for i in chosen], num_samples=n, **run.gen
-        )
-    return [chosen[j // n] for j in range(len(rollouts))], rollouts
-
-
-def optimizer_step(run, losses):
-    """Algorithm 1, line 7: clip the gradient norm, then one AdamW step and one scheduler step;
-    a non-finite loss or gradient makes no update and is counted."""
-    args, state = run.args, run.state
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.max_grad_norm).item()
-    lr = run.scheduler.get_last_lr()[0]
-    finite = all(math.isfinite(v) for v in (grad_norm, losses[0], losses[1]))
-    if finite:
-        run.optimizer.step()
-        state["bad_steps"] = 0
-    else:  # non-finite loss or gradient: no update, counted and logged
-        state["bad_steps"] += 1
-        state["skipped_steps"] += 1
-    run.optimizer.zero_grad(set_to_none=True)  # gradients freed before the next generation
-    run.scheduler.step()
-    state["step"] += 1
-    return {
-        "grad_norm": grad_norm,
-        "lr": lr,
-        "skipped": not finite,
-        "skipped_steps": state["skipped_steps"],
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# The teacher (Table 2): drifting (the policy itself) or frozen (the initial weights). The rest of
-# the setup (data, model, optimiser, resume) is training_run.setup_run.
-
-
-def build_teacher(args, model, ckpt, device):
-    """Drifting: the policy itself (used under no_grad). Frozen: a copy of the initial weights
-    (restored from the checkpoint on --resume), in the compute dtype: bf16 on GPU, where it only
-    ever runs under bf16 autocast, fp32 on CPU."""
-    if args.teacher != "frozen" or args.distill_weight == 0:
-        return model
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if ckpt:
-        teacher, _ = load_model(os.path.join(ckpt, "teacher"), device, dtype, tokenizer=False)
-    else:
-        teacher = copy.deepcopy(model).to(dtype)
-    return teacher.requires_grad_(False).eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# Entry point: flags, torchrun, one-line errors. Statistics and validation: training_run.py;
-# logs, checkpoints and the end of a run: plumbing.py.
 
 
 def main(argv=None):
     args = parse_args(argv)
-    quiet_libraries()  # no datasets/transformers progress bars: errors stay one line on stderr
-    init_distributed()  # under torchrun: one process per GPU, pinned to cuda:LOCAL_RANK
-    try:
-        if args.demo:
-            import demo  # demo.py builds on train(); it does not import this file
-
-            given = sys.argv[1:] if argv is None else argv  # the flags the user gave
-            demo.run_demo(args, given, train, build_parser())
-        elif train(args)["interrupted"]:
-            sys.exit(130)  # stopped by Ctrl-C / SIGTERM after saving a checkpoint: not finished
-    except (DataError, ModelLoadError, TrainingError, TrackerError, FileNotFoundError) as e:
-        if args.debug:
-            raise
-        print(f"hdpo.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("hdpo.py: interrupted", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    run_command("hdpo.py", lambda: train(args), args.debug)
 
 
 if __name__ == "__main__":

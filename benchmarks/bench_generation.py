@@ -426,7 +426,7 @@ def main(argv=None):
 
     torch.set_num_threads(a.threads)
     import engine
-    from plumbing import load_model, quiet_libraries
+    from harness.loading import load_model, quiet_libraries
 
     quiet_libraries()
     sections = a.sections.split(",")

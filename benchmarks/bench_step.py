@@ -404,7 +404,7 @@ def _read_metrics(out, warmup):
 def _watch_steps():
     """Per step: process CPU time (user + system, all threads) and peak RSS so far, noted when
     hdpo.train writes the step's metrics row (right after step_time_s is taken)."""
-    import plumbing  # log_step writes metrics.jsonl through plumbing.append_jsonl
+    import harness.logs as plumbing  # log_step writes metrics.jsonl through append_jsonl
 
     seen = {"cpu": [], "hwm_mb": [], "t0": _cpu()}
     real = plumbing.append_jsonl
@@ -1007,7 +1007,7 @@ def main(argv=None):
     import torch
     import transformers
 
-    from offline import build_random_qwen
+    from harness.offline import build_random_qwen
 
     model_dir = a.model_dir or build_random_qwen(
         tempfile.mkdtemp(prefix="bench_model_"), hidden_size=64, num_layers=2

@@ -103,9 +103,9 @@ def main(argv=None):
     import data
     import engine
     import eval as E
+    import harness.run
     import hdpo
-    import training_run
-    from plumbing import quiet_libraries
+    from harness.loading import quiet_libraries
 
     quiet_libraries()
     cuda = torch.cuda.is_available()
@@ -132,7 +132,7 @@ def main(argv=None):
         return outs
 
     hdpo.generate = E.generate = counted
-    training_run.load_model = loader = random_model_loader(a, torch)  # setup_run's loader
+    harness.run.load_model = loader = random_model_loader(a, torch)  # setup_run's loader
 
     def reward(text, answer):  # one bit of SHA-256: about half the rollouts rewarded
         return float(hashlib.sha256(text.encode()).digest()[0] & 1)

@@ -4,12 +4,13 @@
 
 Qwen2.5-Math-1.5B's shape (tests/data/qwen2.5-math-1.5b/config.json: hidden 1536, 28 layers,
 12 heads, 2 KV heads, vocabulary 151,936) with random weights. Activations are measured, not
-modelled: plumbing.activation_bytes_per_token counts the bytes autograd saves in a forward under
-bf16 autocast (fp32 weights), per token, with and without gradient checkpointing, on a 2-layer
-model of full width; a layer's share times 28 is the whole model's. The fixed part (weights,
-gradients, AdamW, autocast's bf16 weight copies, a frozen bf16 teacher, the all-reduce buffer,
-the lm_head chunks) is plumbing.fixed_training_bytes for the real parameter count. The table is
-what plumbing.plan_memory would choose on an 80 GB and a 141 GB card, with 10% kept free.
+modelled: harness.memory.activation_bytes_per_token counts the bytes autograd saves in a forward
+under bf16 autocast (fp32 weights), per token, with and without gradient checkpointing, on a
+2-layer model of full width; a layer's share times 28 is the whole model's. The fixed part
+(weights, gradients, AdamW, autocast's bf16 weight copies, a frozen bf16 teacher, the all-reduce
+buffer, the lm_head chunks) is harness.memory.fixed_training_bytes for the real parameter count.
+The table is what harness.memory.plan_memory would choose on an 80 GB and a 141 GB card, with 10%
+kept free.
 
 Caveats (reasoned, not measured on a GPU): CPU autocast saves what CUDA autocast saves for the
 matmuls and norms; attention on a GPU uses a fused kernel whose saved state is linear in the
@@ -27,7 +28,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
-from plumbing import (  # noqa: E402
+from harness.memory import (  # noqa: E402
     activation_bytes_per_token,
     fixed_training_bytes,
     plan_micro_batch_tokens,

@@ -1,7 +1,14 @@
+"""Shared fixtures and helpers: the tiny random Qwen2 on disk, a small in-memory model with the
+losses' fixed batch, training flags and rows for short offline runs, a deterministic reward, and
+the shortened demo."""
+
+import hashlib
+import json
 import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -10,10 +17,172 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import hdpo  # noqa: E402  (after sys.path has the repository)
+
 
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory):
     """A random-weight Qwen2 (hidden 64, 2 layers) with the real Qwen2.5 tokenizer, on disk."""
-    from offline import build_random_qwen
+    from harness.offline import build_random_qwen
 
     return build_random_qwen(str(tmp_path_factory.mktemp("tiny_qwen")))
+
+
+# ---------------------------------------------------------------- a small model and a fixed batch
+
+
+def small_model(seed=0, vocab=300):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(cfg).float()
+
+
+def loss_args(**kw):
+    a = hdpo.parse_args(
+        [
+            "--micro-batch-tokens",
+            "16",
+            "--logit-chunk",
+            "5",
+            "--topk",
+            "16",
+            "--distill-weight",
+            "0.3",
+        ]
+    )
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+SEQS = [
+    ([5, 6, 7], [8, 9, 10, 11]),
+    ([5, 6], [12, 13]),
+    ([20, 21, 22, 23], [24, 25, 26]),
+    ([30], [31, 32, 33, 34, 35]),
+]
+
+
+ADV = [0.5, -1.0, 0.0, 2.0]
+
+
+PAIRS = [
+    ([5, 6], [40, 41, 5, 6], [8, 9, 10]),
+    ([7], [42, 7], [11, 12, 13, 14]),
+    ([9, 9], [43, 9, 9], [15]),
+]
+
+
+# Groups: rollouts that continue the same prompt (G per prompt in training), forwarded with one
+# shared prompt pass; a cliff's privileged rollouts share x and x ⊕ y*.
+GROUP_SEQS = [
+    ([5, 6, 7], [8, 9, 10, 11]),
+    ([5, 6, 7], [12]),
+    ([5, 6, 7], [13, 14, 15]),
+    ([20, 21], [24, 25, 26, 27, 28]),
+    ([20, 21], [29, 30]),
+    ([30], [31, 32]),
+]
+
+
+GROUP_ADV = [0.5, -1.0, 0.25, 2.0, -0.5, 1.0]
+
+
+GROUP_PAIRS = [
+    ([5, 6], [40, 41, 5, 6], [8, 9, 10]),
+    ([5, 6], [40, 41, 5, 6], [11]),
+    ([7], [42, 7], [11, 12, 13, 14]),
+    ([7], [42, 7], [15, 16]),
+]
+
+
+def grads(model):
+    return {
+        n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+    }
+
+
+# ---------------------------------------------------------------- short offline training runs
+
+
+def hash_reward(text, answer):
+    """Deterministic pseudo-random 0/1 reward: a random model never earns a real one."""
+    return float(hashlib.sha256(text.encode()).digest()[0] % 3 == 0)
+
+
+def train_args(model_dir, out, *extra):
+    return hdpo.parse_args(
+        [
+            "--model",
+            model_dir,
+            "--dataset",
+            os.path.join(DATA, "openmathinstruct2_sample.jsonl"),
+            "--prompts-per-step",
+            "3",
+            "--num-generations",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--eval-every",
+            "0",
+            "--output-dir",
+            str(out),
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "0",
+            "--samples-per-step",
+            "1000",
+            *extra,
+        ]
+    )
+
+
+def rows(n=12):
+    with open(os.path.join(DATA, "openmathinstruct2_sample.jsonl")) as f:
+        data = [json.loads(ln) for ln in f][:n]
+    return [
+        {
+            "problem": r["problem"],
+            "answer": r["expected_answer"],
+            "solution": r["generated_solution"],
+        }
+        for r in data
+    ]
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(ln) for ln in f]
+
+
+def long_row(words=3000):
+    return {"problem": "Compute " + "x + " * words + "1.", "answer": "1", "solution": None}
+
+
+# ---------------------------------------------------------------- the demo, shortened
+
+# demo.py's flags for a run of seconds: 4 prompts x 4 rollouts x 12 tokens, 2 privileged rollouts
+DEMO_ARGS = ["--prompts-per-step", "4", "--num-generations", "4", "--privileged-generations", "2",
+             "--max-new-tokens", "12"]  # fmt: skip
+
+
+def shorten_demo(setattr):
+    """The demo with a 6-step warm start on 32 problems, 8 training and 4 held-out problems.
+    setattr: monkeypatch.setattr in a test, the builtin in a torchrun worker."""
+    import demo
+
+    make_task = demo.make_task
+    setattr(demo, "WARM", dict(demo.WARM, steps=6, batch=8))
+    setattr(demo, "make_task", lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32))

@@ -2,9 +2,9 @@
 
 The tests start `python -m torch.distributed.run --standalone --nproc_per_node 2` on this very file;
 run as a script it is the worker (see `worker_*` below): `grad` calls hdpo.step_gradients, the
-function train() calls, on each rank's shard of a fixed batch; `train` and `demo` go through
-hdpo.main, which notices torchrun's RANK/WORLD_SIZE and starts gloo. The unshortened demo under
-torchrun takes minutes: HDPO_DEMO_TESTS=1 runs it.
+function train() calls, on each rank's shard of a fixed batch; `train` goes through hdpo.main and
+`demo` through demo.main, which notice torchrun's RANK/WORLD_SIZE and start gloo. The unshortened
+demo under torchrun takes minutes: HDPO_DEMO_TESTS=1 runs it.
 """
 
 import glob
@@ -19,9 +19,12 @@ import pytest
 import torch
 from conftest import DATA, ROOT
 
+import harness.distributed
+import harness.run
 import hdpo
-import plumbing
-import training_run
+import reinject
+from harness.checkpoint import find_checkpoint
+from harness.loading import load_model
 
 HERE = os.path.abspath(__file__)
 CASES = ("even", "uneven", "idle")  # how the fixed batch is split over the 2 ranks
@@ -80,7 +83,7 @@ def weights_hash(model):
 def fixed_batch():
     """The batch of test_hdpo (4 rollouts, 3 distillation pairs) plus one zero-advantage rollout (a
     solved or cliff group: its tokens count in N_GRPO, it has no gradient)."""
-    from test_hdpo import ADV, PAIRS, SEQS
+    from conftest import ADV, PAIRS, SEQS
 
     seqs = SEQS + [([50, 51], [52, 53, 54])]
     adv = ADV + [0.0]
@@ -111,7 +114,7 @@ def shards(case, rank):
 
 
 def models(teacher_kind):
-    from test_hdpo import small_model
+    from conftest import small_model
 
     model = small_model(0)
     if teacher_kind == "drifting":
@@ -123,7 +126,7 @@ def models(teacher_kind):
 def case_gradients(case, teacher_kind, rank=None):
     """Run hdpo.step_gradients on rank's shard (rank None: the whole batch on one process).
     -> (grads by parameter name, (L_GRPO, L_JSD, N_GRPO, N_JSD))."""
-    from test_hdpo import grads, loss_args
+    from conftest import grads, loss_args
 
     model, teacher = models(teacher_kind)
     if rank is None:
@@ -150,7 +153,7 @@ def worker_grad(out_dir):
     import functools
 
     rank, ws = init_gloo()
-    assert ws == 2 and plumbing.world() == (rank, 2)
+    assert ws == 2 and harness.distributed.world() == (rank, 2)
     # small all-reduce buckets: the small model's gradients travel in many of them
     hdpo.all_reduce_grads = functools.partial(hdpo.all_reduce_grads, bucket_elements=3000)
     res = {f"{c}/{t}": case_gradients(c, t, rank) for c in CASES for t in TEACHERS}
@@ -162,26 +165,26 @@ def worker_train(model_dir, out_dir):
     scored with the hash reward; each rank writes the hash of its final weights."""
     import types
 
-    from test_hdpo import hash_reward
+    from conftest import hash_reward
 
     fake = types.ModuleType("verify")  # a random model never earns a real reward
     fake.reward = hash_reward
     sys.modules["verify"] = fake
     policy, seen = {}, {}
-    load, train = training_run.load_model, hdpo.train
+    load, train = harness.run.load_model, hdpo.train
 
     def capture(*a, **kw):  # the policy is the first model train() loads
         m, tok = load(*a, **kw)
         if "model" not in policy:
             policy["model"] = m
             # rank 0 saves slowly: a rank that does not wait for it shows
-            if plumbing.world()[0] == 0:
+            if harness.distributed.world()[0] == 0:
                 save = tok.save_pretrained
                 tok.save_pretrained = lambda *a, **kw: (time.sleep(1.0), save(*a, **kw))[1]
         return m, tok
 
     def train_and_record(args, *a, **kw):
-        seen["world"] = list(plumbing.world())
+        seen["world"] = list(harness.distributed.world())
         out = train(args, *a, **kw)
         seen["steps"] = out["steps"]
         seen["final_on_return"] = all(
@@ -190,7 +193,7 @@ def worker_train(model_dir, out_dir):
         )
         return out
 
-    training_run.load_model, hdpo.train = capture, train_and_record
+    harness.run.load_model, hdpo.train = capture, train_and_record
     hdpo.main(
         [
             "--model",
@@ -236,7 +239,7 @@ def worker_train(model_dir, out_dir):
 def worker_train_long_val(model_dir, out_dir):
     """hdpo.train on 2 ranks with 4 validation problems; the 4th (rank 1's shard) is too long."""
     init_gloo()
-    from test_hdpo import hash_reward, long_row, rows, train_args
+    from conftest import hash_reward, long_row, rows, train_args
 
     args = train_args(model_dir, out_dir, "--max-steps", "1", "--eval-every", "1",
                       "--eval-n", "2", "--eval-k", "1", "--max-seq-len", "1024")  # fmt: skip
@@ -248,17 +251,18 @@ def worker_reinject(model_dir, out_dir):
     after every step each rank records its queue, its stream position and its shard (training-row
     indices, and which of them were re-injected)."""
     rank, _ = init_gloo()
-    from test_hdpo import hash_reward, rows, train_args
+    from conftest import hash_reward, rows, train_args
 
-    seen, requeue = [], hdpo.requeue_distilled
+    seen, after_update = [], reinject.after_update
 
-    def record(run, *a, **kw):
-        requeue(run, *a, **kw)
-        seen.append({"step": run.state["step"], "queue": run.state["reinject_queue"],
-                     "data_pos": run.state["data_pos"], "rows": run.step_rows,
-                     "again": run.step_reinjected})  # fmt: skip
+    def record(state, args, batch, *a, **kw):
+        queued = after_update(state, args, batch, *a, **kw)
+        seen.append({"step": state["step"], "queue": state["reinject_queue"],
+                     "data_pos": state["data_pos"], "rows": batch.indices,
+                     "again": batch.reinjected})  # fmt: skip
+        return queued
 
-    hdpo.requeue_distilled = record  # train() calls it once per step, after the update
+    reinject.after_update = record  # train() calls it once per step, after the update
     args = train_args(model_dir, out_dir, "--max-steps", "5", "--prompts-per-step", "4",
                       "--distill-weight", "1", "--privileged-generations", "2",
                       "--reinject-delay", "1", "--reinject-max", "2")  # fmt: skip
@@ -268,32 +272,14 @@ def worker_reinject(model_dir, out_dir):
 
 
 def worker_demo(out_dir):
-    """`hdpo.py --demo --arms hdpo --max-steps 2` under torchrun, the demo shortened as
+    """`demo.py --arms hdpo --max-steps 2` under torchrun, the demo shortened as
     tests/test_demo.py does."""
+    from conftest import DEMO_ARGS, shorten_demo
+
     import demo
 
-    demo.WARM = dict(demo.WARM, steps=6, batch=8)
-    make_task = demo.make_task
-    demo.make_task = lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32)
-    hdpo.main(
-        [
-            "--demo",
-            "--arms",
-            "hdpo",
-            "--max-steps",
-            "2",
-            "--output-dir",
-            out_dir,
-            "--prompts-per-step",
-            "4",
-            "--num-generations",
-            "4",
-            "--privileged-generations",
-            "2",
-            "--max-new-tokens",
-            "12",
-        ]
-    )
+    shorten_demo(setattr)
+    demo.main(["--arms", "hdpo", "--max-steps", "2", "--output-dir", out_dir, *DEMO_ARGS])
 
 
 # ---------------------------------------------------------------- the tests
@@ -332,7 +318,7 @@ def test_ddp_gradient_equals_single_process(ddp_grads, case, teacher):
 def test_ddp_split_really_differs_per_rank():
     """Sanity for the test above: each rank's local gradient (no all-reduce) differs from the total,
     so the equality is the all-reduce's doing, not an artefact of identical shards."""
-    from test_hdpo import grads, loss_args
+    from conftest import grads, loss_args
 
     seqs, adv, pairs = shards("uneven", 0)
     model, teacher = models("frozen")
@@ -377,9 +363,7 @@ def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen
     assert (
         ranks[0]["weights"] == ranks[1]["weights"]
     )  # gradients all-reduced, same update everywhere
-    from plumbing import load_model
-
-    ckpt = plumbing.find_checkpoint("latest", str(out))
+    ckpt = find_checkpoint("latest", str(out))
     assert os.path.exists(os.path.join(ckpt, "rng-0.pt")) and os.path.exists(
         os.path.join(ckpt, "rng-1.pt")
     )
@@ -395,20 +379,18 @@ def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen
 def test_ddp_each_rank_is_pinned_to_cuda_local_rank_before_nccl_starts(monkeypatch):
     """Under torchrun on GPUs, rank r must run on cuda:LOCAL_RANK before the process group starts:
     barrier() and all_gather_object() use the current CUDA device (CUDA stubbed here)."""
-    import plumbing
-
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
-    monkeypatch.setattr(plumbing.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(harness.distributed.dist, "is_initialized", lambda: False)
     init = lambda backend, **kw: calls.append(("init", backend, kw))
-    monkeypatch.setattr(plumbing.dist, "init_process_group", init)
-    plumbing.init_distributed()
+    monkeypatch.setattr(harness.distributed.dist, "init_process_group", init)
+    harness.distributed.init_distributed()
     cuda1 = torch.device("cuda", 1)
     assert calls == [("set_device", cuda1), ("init", "nccl", {"device_id": cuda1})]
-    assert plumbing.compute_device() == cuda1  # the device train() puts the model and sums on
+    assert harness.distributed.compute_device() == cuda1  # where train() puts the model and sums
 
 
 def test_ddp_long_validation_prompt_is_skipped_and_counted_on_two_ranks(tiny_qwen_dir, tmp_path):
@@ -424,7 +406,7 @@ def test_ddp_long_validation_prompt_is_skipped_and_counted_on_two_ranks(tiny_qwe
 def test_ddp_reinject_queue_is_global_and_the_same_on_both_ranks(tiny_qwen_dir, tmp_path):
     """Re-injection on 2 gloo ranks: after every step both ranks hold the same queue and stream
     position; the prompts queued at a step come from both ranks' shards (gathered), and the
-    prompts re-injected at a step (over both shards) are the ones reinject_take gives from the
+    prompts re-injected at a step (over both shards) are the ones reinject.take gives from the
     previous step's queue."""
     out = tmp_path / "run"
     proc = torchrun("reinject", tiny_qwen_dir, out)
@@ -434,7 +416,7 @@ def test_ddp_reinject_queue_is_global_and_the_same_on_both_ranks(tiny_qwen_dir, 
     queue, from_rank = [], {0: 0, 1: 0}
     for a, b in zip(r0, r1):
         assert a["queue"] == b["queue"] and a["data_pos"] == b["data_pos"], a["step"]
-        want, left = hdpo.reinject_take([tuple(e) for e in queue], a["step"], 1, 2)
+        want, left = reinject.take([tuple(e) for e in queue], a["step"], 1, 2)
         again = [i for r in (a, b) for i, x in zip(r["rows"], r["again"]) if x]
         assert sorted(again) == sorted(want), a["step"]
         added = [i for s, i in a["queue"] if s == a["step"]]
@@ -454,7 +436,7 @@ def check_demo_metrics(out):
 
 
 def test_ddp_short_demo_runs_under_torchrun(tmp_path):
-    """`torchrun --standalone --nproc_per_node 2 hdpo.py --demo --arms hdpo --max-steps 2`, the demo
+    """`torchrun --standalone --nproc_per_node 2 demo.py --arms hdpo --max-steps 2`, the demo
     shortened."""
     out = tmp_path / "demo"
     proc = torchrun("demo", out)
@@ -467,11 +449,10 @@ def test_ddp_short_demo_runs_under_torchrun(tmp_path):
     reason="the full demo takes minutes (its warm start): HDPO_DEMO_TESTS=1 runs it",
 )
 def test_ddp_demo_command_runs_under_torchrun(tmp_path):
-    """The issue's command, unshortened: torchrun --standalone --nproc_per_node 2 hdpo.py --demo
-    --arms hdpo --max-steps 2."""
+    """The command, unshortened: torchrun --standalone --nproc_per_node 2 demo.py --arms hdpo
+    --max-steps 2."""
     out = tmp_path / "demo"
     proc = torchrun(
-        "--demo",
         "--arms",
         "hdpo",
         "--max-steps",
@@ -479,7 +460,7 @@ def test_ddp_demo_command_runs_under_torchrun(tmp_path):
         "--output-dir",
         out,
         timeout=1800,
-        script=os.path.join(ROOT, "hdpo.py"),
+        script=os.path.join(ROOT, "demo.py"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     check_demo_metrics(out)

@@ -1,9 +1,10 @@
-"""The offline demo (`python hdpo.py --demo`), shortened: a few warm-start and training steps."""
+"""The offline demo (`python demo.py`), shortened: a few warm-start and training steps."""
 
 import json
 import os
 
 import pytest
+from conftest import DEMO_ARGS, shorten_demo
 
 import demo
 import hdpo
@@ -53,28 +54,12 @@ def short_demo(tmp_path_factory, request):
     out = str(tmp_path_factory.mktemp("demo"))
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
-    threads = (
-        torch.get_num_threads()
-    )  # one thread: tiny matrices, and no oversubscription beside other jobs
+    threads = torch.get_num_threads()  # one thread: tiny matrices, no oversubscription
     torch.set_num_threads(1)
     request.addfinalizer(lambda: torch.set_num_threads(threads))
-    mp.setattr(demo, "WARM", dict(demo.WARM, steps=6, batch=8))
-    make_task = demo.make_task
-    mp.setattr(demo, "make_task", lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32))
-    argv = [
-        "--demo",
-        "--output-dir",
-        out,
-        "--prompts-per-step",
-        "4",
-        "--num-generations",
-        "4",
-        "--privileged-generations",
-        "2",
-        "--max-new-tokens",
-        "12",
-    ]
-    hdpo.main(argv + ["--max-steps", "2"])
+    shorten_demo(mp.setattr)
+    argv = ["--output-dir", out, *DEMO_ARGS]
+    demo.main(argv + ["--max-steps", "2"])
     return out, argv
 
 
@@ -135,7 +120,7 @@ def test_demo_resume_and_one_arm(short_demo):
     out, argv = short_demo
     with open(os.path.join(out, "demo_summary.json")) as f:
         before = json.load(f)
-    hdpo.main(argv + ["--resume", "--arms", "hdpo", "--max-steps", "3"])
+    demo.main(argv + ["--resume", "--arms", "hdpo", "--max-steps", "3"])
     with open(os.path.join(out, "demo_summary.json")) as f:
         summary = json.load(f)
     assert (
@@ -145,14 +130,15 @@ def test_demo_resume_and_one_arm(short_demo):
         assert [json.loads(line)["step"] for line in f if line.strip()] == [1, 2, 3]
 
 
-def test_demo_reinject_settings_apply_only_to_flags_not_given():
-    """The hdpo_reinject arm's delay and cap (demo.DEMO_REINJECT) replace the defaults of the
-    flags the user did not give; `--arms all` is the three arms."""
-    argv = ["--demo", "--reinject-delay", "3"]
-    a, changed = demo.demo_args(hdpo.parse_args(argv), hdpo.build_parser(), argv)
+def test_demo_defaults_apply_only_to_flags_not_given():
+    """The demo's settings (demo.DEMO_TRAINING, and the hdpo_reinject arm's delay and cap,
+    demo.DEMO_REINJECT) replace hdpo.py's defaults; a flag given on the command line wins;
+    `--arms all` is the three arms."""
+    a = demo.parse_args(["--reinject-delay", "3", "--lr", "0.5"])
     assert (a.reinject_delay, a.reinject_max) == (3, dict(demo.DEMO_REINJECT)["reinject_max"])
-    assert "reinject_max" in changed and "reinject_delay" not in changed
-    assert hdpo.parse_args(["--demo", "--arms", "all"]).arms == "all"
+    assert a.lr == 0.5 and a.max_steps == dict(demo.DEMO_TRAINING)["max_steps"]
+    assert a.output_dir == "runs/demo" and hdpo.parse_args([]).output_dir == "runs/hdpo"
+    assert demo.parse_args(["--arms", "all"]).arms == "all"
     assert demo.ARM_SETS["all"] == ("grpo", "hdpo", "hdpo_reinject")
 
 
@@ -161,7 +147,7 @@ def test_demo_reinject_arm(short_demo):
     start, measured the same way; the other arms' results are kept; only its metrics carry the
     re-injection counters (the hdpo arm runs with re-injection off)."""
     out, argv = short_demo
-    hdpo.main(argv + ["--resume", "--arms", "hdpo_reinject", "--max-steps", "2"])
+    demo.main(argv + ["--resume", "--arms", "hdpo_reinject", "--max-steps", "2"])
     with open(os.path.join(out, "demo_summary.json")) as f:
         summary = json.load(f)
     assert list(summary) == ["grpo", "hdpo", "hdpo_reinject"]
@@ -179,10 +165,11 @@ def test_demo_reinject_arm(short_demo):
 
 
 def test_report_on_the_demo_folders(short_demo, tmp_path, capsys):
-    """report.py on the demo's output: runs/demo stands for its two arm folders (warm_start is no
-    run); the GRPO arm sits under the paper's GRPO row, the λ = 1 HDPO arm under the runs with no
-    row; no eval.jsonl (the demo validates only with --eval-every), which the report says."""
-    import report
+    """harness/report.py on the demo's output: runs/demo stands for its two arm folders
+    (warm_start is no run); the GRPO arm sits under the paper's GRPO row, the λ = 1 HDPO arm under
+    the runs with no row; no eval.jsonl (the demo validates only with --eval-every), which the
+    report says."""
+    from harness import report
 
     out, _ = short_demo
     arms = [os.path.join(out, a) for a in demo.ARM_SETS["all"]]

@@ -14,7 +14,7 @@ from conftest import DATA, ROOT
 
 import eval as E
 from data import DataError
-from plumbing import load_model
+from harness.loading import load_model
 
 TOKENIZER_DIR = os.path.join(DATA, "qwen2.5-math-1.5b")
 ENDOFTEXT, IM_END = 151643, 151645

@@ -1,6 +1,5 @@
 """The paper's claims about the algorithm, tested directly (hdpo.py)."""
 
-import hashlib
 import json
 import math
 import os
@@ -9,10 +8,27 @@ import sys
 
 import pytest
 import torch
-from conftest import DATA, ROOT
+from conftest import (
+    ADV,
+    DATA,
+    GROUP_ADV,
+    GROUP_PAIRS,
+    GROUP_SEQS,
+    PAIRS,
+    ROOT,
+    SEQS,
+    grads,
+    hash_reward,
+    long_row,
+    loss_args,
+    read_jsonl,
+    rows,
+    small_model,
+    train_args,
+)
 
 import hdpo
-import plumbing
+from harness.checkpoint import find_checkpoint
 
 LN2 = math.log(2.0)
 
@@ -133,78 +149,6 @@ def test_jsd_teacher_gets_no_gradient():
 # ---------------------------------------------------------------- losses on a real (tiny) model
 
 
-def small_model(seed=0, vocab=300):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    return Qwen2ForCausalLM(cfg).float()
-
-
-def loss_args(**kw):
-    a = hdpo.parse_args(
-        [
-            "--micro-batch-tokens",
-            "16",
-            "--logit-chunk",
-            "5",
-            "--topk",
-            "16",
-            "--distill-weight",
-            "0.3",
-        ]
-    )
-    for k, v in kw.items():
-        setattr(a, k, v)
-    return a
-
-
-SEQS = [
-    ([5, 6, 7], [8, 9, 10, 11]),
-    ([5, 6], [12, 13]),
-    ([20, 21, 22, 23], [24, 25, 26]),
-    ([30], [31, 32, 33, 34, 35]),
-]
-ADV = [0.5, -1.0, 0.0, 2.0]
-PAIRS = [
-    ([5, 6], [40, 41, 5, 6], [8, 9, 10]),
-    ([7], [42, 7], [11, 12, 13, 14]),
-    ([9, 9], [43, 9, 9], [15]),
-]
-# Groups: rollouts that continue the same prompt (G per prompt in training), forwarded with one
-# shared prompt pass; a cliff's privileged rollouts share x and x ⊕ y*.
-GROUP_SEQS = [
-    ([5, 6, 7], [8, 9, 10, 11]),
-    ([5, 6, 7], [12]),
-    ([5, 6, 7], [13, 14, 15]),
-    ([20, 21], [24, 25, 26, 27, 28]),
-    ([20, 21], [29, 30]),
-    ([30], [31, 32]),
-]
-GROUP_ADV = [0.5, -1.0, 0.25, 2.0, -0.5, 1.0]
-GROUP_PAIRS = [
-    ([5, 6], [40, 41, 5, 6], [8, 9, 10]),
-    ([5, 6], [40, 41, 5, 6], [11]),
-    ([7], [42, 7], [11, 12, 13, 14]),
-    ([7], [42, 7], [15, 16]),
-]
-
-
-def grads(model):
-    return {
-        n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-        for n, p in model.named_parameters()
-    }
-
-
 def naive_logits(model, prompt, completion):
     """Full-vocabulary logits at the positions predicting each completion token."""
     ids = torch.tensor([list(prompt) + list(completion)])
@@ -264,42 +208,6 @@ def test_step_gradient_does_not_depend_on_micro_batch_tokens(micro_batch_tokens)
         assert torch.allclose(a[k], b[k], atol=1e-7), k
 
 
-@pytest.mark.parametrize("tokens", [1, 7, 12, 40])
-def test_micro_batches_hold_every_sequence_once_within_the_token_budget(tokens):
-    prompts, owner = hdpo.grouped([p for p, _ in GROUP_SEQS + SEQS])
-    comp_lens = [len(c) for _, c in GROUP_SEQS + SEQS]
-    prompt_lens = [len(p) for p in prompts]
-    for shared in (True, False):
-        batches = hdpo.pack_micro_batches(prompt_lens, comp_lens, owner, tokens, shared)
-        assert sorted(i for b in batches for i in b) == list(range(len(owner)))
-        for b in batches:
-            lp = max(prompt_lens[owner[i]] for i in b)
-            lc = max(comp_lens[i] for i in b)
-            n_prompts = len({owner[i] for i in b})
-            cost = n_prompts * lp + len(b) * lc if shared else len(b) * (lp + lc)
-            assert cost <= tokens or len(b) == 1  # a too-long sequence goes alone
-        longest = [max(prompt_lens[o] + c for o, c in zip(owner, comp_lens) if o == owner[b[0]])
-                   for b in batches]  # fmt: skip
-        assert longest == sorted(longest, reverse=True)  # longest groups first: little padding
-
-
-def test_shared_prompt_forward_equals_forwarding_each_rollout_whole():
-    """One prompt pass whose KV cache the G rollouts continue gives the same hidden states and
-    the same gradient as forwarding every (prompt, rollout) sequence whole."""
-    prompts, owner = hdpo.grouped([p for p, _ in GROUP_SEQS])
-    comps = [c for _, c in GROUP_SEQS]
-    out = {}
-    for shared in (True, False):
-        model = small_model()
-        hidden, targets = hdpo.completion_hidden(model, prompts, comps, owner, "cpu", shared)
-        (hidden * torch.linspace(-1, 1, hidden.shape[-1])).sum().backward()
-        out[shared] = hidden.detach(), targets, grads(model)
-    assert torch.equal(out[True][1], out[False][1])
-    assert torch.allclose(out[True][0], out[False][0], atol=1e-5)
-    for k, g in out[False][2].items():
-        assert torch.allclose(out[True][2][k], g, atol=1e-5), k
-
-
 def test_cliff_prompt_gets_no_grpo_gradient_and_a_nonzero_hdpo_gradient():
     model, args = small_model(), loss_args()
     cliff = [SEQS[0], SEQS[1]]  # two rollouts of one prompt, both failed
@@ -323,63 +231,12 @@ def test_frozen_teacher_gets_no_gradient_in_jsd_backward():
 # ---------------------------------------------------------------- the training loop
 
 
-def hash_reward(text, answer):
-    """Deterministic pseudo-random 0/1 reward: a random model never earns a real one."""
-    return float(hashlib.sha256(text.encode()).digest()[0] % 3 == 0)
-
-
-def train_args(model_dir, out, *extra):
-    return hdpo.parse_args(
-        [
-            "--model",
-            model_dir,
-            "--dataset",
-            os.path.join(DATA, "openmathinstruct2_sample.jsonl"),
-            "--prompts-per-step",
-            "3",
-            "--num-generations",
-            "2",
-            "--max-new-tokens",
-            "8",
-            "--eval-every",
-            "0",
-            "--output-dir",
-            str(out),
-            "--lr",
-            "1e-3",
-            "--warmup-steps",
-            "0",
-            "--samples-per-step",
-            "1000",
-            *extra,
-        ]
-    )
-
-
-def rows(n=12):
-    with open(os.path.join(DATA, "openmathinstruct2_sample.jsonl")) as f:
-        data = [json.loads(ln) for ln in f][:n]
-    return [
-        {
-            "problem": r["problem"],
-            "answer": r["expected_answer"],
-            "solution": r["generated_solution"],
-        }
-        for r in data
-    ]
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(ln) for ln in f]
-
-
 def test_lambda_zero_is_exactly_grpo(tiny_qwen_dir, tmp_path):
     """One λ = 0 step of train() equals a hand-written GRPO step: same rollouts, full-vocabulary
     log-softmax loss, clip, AdamW at 0.1 x lr (the first warm-up step)."""
     from data import chat_prompt
     from engine import eos_token_ids, generate
-    from plumbing import load_model
+    from harness.loading import load_model
 
     args = train_args(
         tiny_qwen_dir,
@@ -465,9 +322,9 @@ def test_training_loop_distils_exactly_the_r1_privileged_rollouts_and_frozen_tea
         assert (m["distill_tokens"] > 0) == (m["distill_sequences"] > 0)
         assert (m["loss_jsd"] > 0) == (m["distill_sequences"] > 0)
     assert sum(m["distill_sequences"] for m in metrics) > 0, "the test needs some distillation"
-    from plumbing import load_model
+    from harness.loading import load_model
 
-    ckpt = plumbing.find_checkpoint("latest", str(tmp_path / "run"))
+    ckpt = find_checkpoint("latest", str(tmp_path / "run"))
     init = load_model(tiny_qwen_dir, device="cpu")[0].state_dict()
     teacher = load_model(os.path.join(ckpt, "teacher"), "cpu", tokenizer=False)[0].state_dict()
     policy = load_model(os.path.join(ckpt, "model"), device="cpu")[0].state_dict()
@@ -487,7 +344,7 @@ def test_drifting_teacher_is_the_current_policy(tiny_qwen_dir, tmp_path):
         "1",
     )
     hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
-    ckpt = plumbing.find_checkpoint("latest", str(tmp_path / "run"))
+    ckpt = find_checkpoint("latest", str(tmp_path / "run"))
     assert not os.path.exists(os.path.join(ckpt, "teacher"))  # no copy: the teacher is π_θ itself
 
 
@@ -582,10 +439,6 @@ def test_offline_end_to_end_run_on_random_qwen(tiny_qwen_dir, tmp_path):
 # ---------------------------------------------------------------- long prompts (issue 12)
 
 
-def long_row(words=3000):
-    return {"problem": "Compute " + "x + " * words + "1.", "answer": "1", "solution": None}
-
-
 def test_max_cliffs_counts_only_cliffs_that_can_be_distilled(monkeypatch, tiny_qwen_dir):
     """Cliffs whose privileged prompt x ⊕ y* leaves no room under --max-seq-len are skipped and
     counted, and --max-cliffs picks among the ones that fit (not the first cliffs overall)."""
@@ -607,11 +460,10 @@ def test_max_cliffs_counts_only_cliffs_that_can_be_distilled(monkeypatch, tiny_q
     monkeypatch.setattr(hdpo, "generate", stub_generate)
     n_tokens = lambda text: len(tok(text, add_special_tokens=False).input_ids)
     run = SimpleNamespace(args=args, tokenizer=tok, n_tokens=n_tokens, world_size=1, model=None,
-                          amp=lambda: __import__("contextlib").nullcontext(), gen={},
-                          step_long_prompts=0)  # fmt: skip
-    owners, out = hdpo.privileged_rollouts(run, batch, torch.tensor([True] * 4))
+                          amp=lambda: __import__("contextlib").nullcontext(), gen={})  # fmt: skip
+    owners, out, skipped = hdpo.privileged_rollouts(run, batch, torch.tensor([True] * 4))
     assert sorted(set(owners)) == [2, 3]  # the two distillable cliffs, though 0 and 1 come first
-    assert run.step_long_prompts == 2 and len(out) == 2 * args.privileged_generations
+    assert skipped == 2 and len(out) == 2 * args.privileged_generations
     assert all(batch[i]["problem"] in p for i, p in zip([2, 3], seen))
 
 
@@ -634,133 +486,7 @@ def test_long_training_and_validation_prompts_are_skipped_and_counted(tiny_qwen_
     assert ev[0]["greedy"] is not None
 
 
-# ---------------------------------------------------------------- re-injection (issue 15)
-# PAPER.md, "Future work the paper names": re-inject former cliff prompts into RL after a delay.
-
-
-def test_reinject_take_waits_the_delay_caps_and_takes_the_oldest_first():
-    queue = [(3, 9), (1, 5), (2, 7), (1, 4)]  # (step distilled, training-row index)
-    take = hdpo.reinject_take
-    assert take(queue, 2, 2, 8) == ([], queue)  # distilled at step 1: due at step 3, not before
-    assert take(queue, 3, 2, 8) == ([5, 4], [(3, 9), (2, 7)])  # step 1's, in queue order
-    assert take(queue, 3, 2, 1) == ([5], [(3, 9), (2, 7), (1, 4)])  # the cap; the oldest first
-    assert take(queue, 4, 2, 3) == ([5, 4, 7], [(3, 9)])  # step 1's before step 2's
-    assert take(queue, 9, 1, 8) == ([5, 4, 7, 9], [])
-    assert take([], 5, 1, 8) == ([], [])
-
-
-def test_reinject_enqueue_appends_in_order_once_per_prompt():
-    enqueue = hdpo.reinject_enqueue
-    assert enqueue([], [6, 2, 6], 4) == [(4, 6), (4, 2)]  # one entry per prompt, in order
-    # prompt 2 is still queued (distilled again before its re-injection): it keeps its place
-    assert enqueue([(1, 2)], [3, 2], 5) == [(1, 2), (5, 3)]
-    assert enqueue([(1, 2)], [], 5) == [(1, 2)]
-
-
-def test_reinjected_prompt_that_is_distilled_again_is_queued_again():
-    """Prompt 4 distilled at step 1 (delay 2) returns at step 3; a cliff again there and distilled
-    again, it is queued with step 3 and returns at step 5; prompt 8 (distilled at step 3 while 4
-    was out of the queue) comes out with it, after it."""
-    q = hdpo.reinject_enqueue([], [4], 1)
-    again, q = hdpo.reinject_take(q, 2, 2, 4)
-    assert again == [] and q == [(1, 4)]
-    again, q = hdpo.reinject_take(q, 3, 2, 4)
-    assert again == [4] and q == []
-    q = hdpo.reinject_enqueue(q, [4, 8], 3)  # step 3: re-injected 4 was a cliff, distilled again
-    assert hdpo.reinject_take(q, 4, 2, 4) == ([], [(3, 4), (3, 8)])
-    assert hdpo.reinject_take(q, 5, 2, 4) == ([4, 8], [])
-
-
-@pytest.mark.parametrize("flags", [["--reinject-delay", "-1"], ["--reinject-max", "0"]])
-def test_invalid_reinject_flags_are_argparse_errors(flags, capsys):
-    with pytest.raises(SystemExit) as e:
-        hdpo.parse_args(flags)
-    assert e.value.code == 2 and flags[0] in capsys.readouterr().err
-
-
-def run_short(model_dir, out, *flags, steps=3):
-    """hdpo.train for `steps` steps on rows(); -> (metrics rows, samples, final weights, trainer
-    state of the end-of-run checkpoint)."""
-    from plumbing import load_model
-
-    args = train_args(model_dir, out, "--max-steps", str(steps), "--privileged-generations", "2",
-                      *flags)  # fmt: skip
-    hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
-    weights = load_model(str(out / "final"), device="cpu", dtype=torch.float32)[0].state_dict()
-    ckpt = plumbing.find_checkpoint("latest", str(out))
-    trainer = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)
-    return read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "samples.jsonl"), weights, trainer
-
-
-REINJECT_KEYS = ("reinjected", "reinjected_solved", "reinjected_cliffs", "reinject_queued")
-
-
-@pytest.mark.parametrize(
-    "base,off",
-    [
-        (["--distill-weight", "1"], ["--reinject-delay", "0", "--reinject-max", "2"]),
-        (["--distill-weight", "0"], ["--reinject-delay", "1", "--reinject-max", "2"]),
-    ],
-    ids=["delay 0", "lambda 0"],
-)
-def test_reinjection_off_is_exactly_the_run_without_the_flags(tiny_qwen_dir, tmp_path, base, off):
-    """--reinject-delay 0 (λ = 1), or λ = 0 with a delay (nothing is ever distilled, so nothing is
-    queued): the same rollouts, rewards, losses, gradient norms, data position and final weights
-    as the same run without the flags."""
-    want = run_short(tiny_qwen_dir, tmp_path / "plain", *base)
-    got = run_short(tiny_qwen_dir, tmp_path / "off", *base, *off)
-    if base[1] == "1":
-        assert sum(m["distill_sequences"] for m in want[0]) > 0, "the test needs distillation"
-    assert any(m["grad_norm"] > 0 for m in want[0]), "the test needs updates"
-    timed = lambda k: k.endswith("_time_s")
-    for w, g in zip(want[0], got[0]):
-        if off[1] != "0":  # λ = 0 with a delay: the counters are logged, and all zero
-            assert all(g.pop(k) == 0 for k in REINJECT_KEYS + ("reinject_queue",)), g
-        assert {k: v for k, v in g.items() if not timed(k)} == {
-            k: v for k, v in w.items() if not timed(k)
-        }
-    assert len(got[0]) == len(want[0]) == 3 and got[1] == want[1]  # metrics, samples
-    assert all(torch.equal(got[2][k], want[2][k]) for k in want[2])  # final weights
-    assert got[3]["data_pos"] == want[3]["data_pos"] == 3 * 3 and got[3]["reinject_queue"] == []
-
-
-def test_reinjected_prompts_return_after_the_delay_in_place_of_deferred_fresh_ones(
-    tiny_qwen_dir, tmp_path
-):
-    """The loop against the pure functions: each step's prompts (from samples.jsonl, which holds
-    every rollout) are the next P - k prompts of the stream, deferred, not dropped, followed by the
-    k prompts reinject_take gives from a queue fed by the prompts distilled (an R = 1 privileged
-    rollout) at each step; the logged counts and the checkpointed queue and stream position
-    agree."""
-    D, M, P, G, steps = 1, 2, 3, 2, 5
-    metrics, samples, _, trainer = run_short(
-        tiny_qwen_dir, tmp_path, "--distill-weight", "1", "--reinject-delay", str(D),
-        "--reinject-max", str(M), steps=steps,
-    )  # fmt: skip
-    data = rows()
-    index = {r["problem"]: i for i, r in enumerate(data)}
-    assert len(index) == len(data)
-    queue, pos, n_again = [], 0, 0
-    for m in metrics:
-        s = m["step"]
-        again, queue = hdpo.reinject_take(queue, s, D, M)
-        fresh = hdpo.prompt_stream(len(data), pos, P - len(again), 42)
-        pos += P - len(again)
-        plain = [x for x in samples if x["step"] == s and x["kind"] == "plain"]
-        assert [index[x["problem"]] for x in plain[::G]] == fresh + again, s
-        rewards = [[x["reward"] for x in plain[j * G : (j + 1) * G]] for j in range(P)]
-        tail = rewards[P - len(again) :]  # the re-injected prompts' rollouts
-        assert m["reinjected"] == len(again)
-        assert m["reinjected_solved"] == sum(max(r) == 1 for r in tail)
-        assert m["reinjected_cliffs"] == sum(max(r) == 0 for r in tail)
-        priv = [x for x in samples if x["step"] == s and x["kind"] == "privileged"]
-        distilled = [index[x["problem"]] for x in priv if x["reward"] == 1.0]
-        new = hdpo.reinject_enqueue(queue, distilled, s)
-        assert m["reinject_queued"] == len(new) - len(queue) and m["reinject_queue"] == len(new)
-        queue, n_again = new, n_again + len(again)
-    assert n_again > 0, "the test needs re-injected prompts"
-    assert any(m["reinjected_cliffs"] for m in metrics), "the test needs a cliff again"
-    assert trainer["data_pos"] == pos < steps * P and trainer["reinject_queue"] == queue
+# ---------------------------------------------------------------- entropy
 
 
 def entropy_stub(monkeypatch, value, length=None):

@@ -112,7 +112,7 @@ def test_activation_bytes_per_token_is_measured_and_checkpointing_shrinks_it():
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from plumbing import activation_bytes_per_token, set_checkpointing
+    from harness.memory import activation_bytes_per_token, set_checkpointing
 
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
@@ -127,7 +127,7 @@ def test_activation_bytes_per_token_is_measured_and_checkpointing_shrinks_it():
 
 
 def test_micro_batch_plan_fits_the_budget_and_turns_checkpointing_on_only_when_needed():
-    from plumbing import plan_micro_batch_tokens
+    from harness.memory import plan_micro_batch_tokens
 
     GB = 10**9
     tokens, ckpt, fits = plan_micro_batch_tokens(80 * GB, 30 * GB, 3.5e6, 0.5e6, 4096)
@@ -147,7 +147,7 @@ def test_plan_memory_sets_micro_batch_tokens_and_reports(monkeypatch, tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     import hdpo
-    from plumbing import plan_memory
+    from harness.memory import plan_memory
 
     cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
@@ -165,9 +165,9 @@ def test_plan_memory_sets_micro_batch_tokens_and_reports(monkeypatch, tmp_path):
 FAULTS_CHILD = r"""
 import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
-import plumbing
+import harness.memory as memory
 if sys.argv[2] == "keep":
-    assert plumbing.keep_freed_memory()
+    assert memory.keep_freed_memory()
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):  # 64 MiB blocks before counting: the heap grows to hold one
     x = torch.ones(2**24)

@@ -1,5 +1,5 @@
 """Watching a run: the --report-to trackers (read back through each tracker's own reader or
-store), the entropy metric's wiring, and report.py's table and figure on short real runs."""
+store), the entropy metric's wiring, and harness/report.py's table and figure on short real runs."""
 
 import glob
 import json
@@ -11,12 +11,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-from test_hdpo import hash_reward, read_jsonl, rows, train_args
+from conftest import ROOT, hash_reward, read_jsonl, rows, train_args
 
+import harness.trackers
 import hdpo
-import plumbing
-import report
+from harness import report
 
 STEPS = 4
 TRACKER_PROJECT = "hdpo-test"
@@ -227,10 +226,10 @@ def test_report_to_none_goes_alone(capsys):
 
 def test_no_tracker_or_matplotlib_is_imported_unless_asked_for():
     code = (
-        "import sys, hdpo, report, plumbing\n"
+        "import sys, hdpo, demo, harness.report, harness.trackers\n"
         "args = hdpo.parse_args([])\n"
         "assert args.report_to == ['none']\n"
-        "assert plumbing.Trackers(args).trackers == []\n"
+        "assert harness.trackers.Trackers(args).trackers == []\n"
         "names = ('tensorboard', 'wandb', 'trackio', 'matplotlib')\n"
         "print(sorted(m for m in names if m in sys.modules))"
     )
@@ -245,7 +244,7 @@ def test_trackers_are_rank_0_only(tmp_path):
     args = hdpo.parse_args(
         ["--output-dir", str(tmp_path), "--report-to", "tensorboard", "wandb", "trackio"]
     )
-    t = plumbing.Trackers(args, rank=1)  # never imports or opens anything on another rank
+    t = harness.trackers.Trackers(args, rank=1)  # never imports or opens anything on another rank
     assert t.trackers == []
     t.log_step({"step": 1, "reward_mean": 0.5}, [])
     t.log_eval({"step": 1, "greedy": 0.5})
@@ -253,11 +252,11 @@ def test_trackers_are_rank_0_only(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-# ---------------------------------------------------------------- report.py
+# ---------------------------------------------------------------- harness/report.py
 
 
 def best_by_hand(run_dir):
-    """{metric: (best value, first step)} from eval.jsonl, computed here without report.py."""
+    """{metric: (best value, first step)} from eval.jsonl, computed here without the report."""
     evals = read_jsonl(os.path.join(run_dir, "eval.jsonl"))
     out = {}
     for k in ("greedy", "pass@4", "pass@8"):
@@ -367,13 +366,13 @@ def test_report_on_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path, caps
             report.main([str(bad)])
         assert e.value.code == 1
         err = capsys.readouterr().err.strip()
-        assert (
-            len(err.splitlines()) == 1 and err.startswith("report.py: error:") and str(bad) in err
-        )
+        assert len(err.splitlines()) == 1 and err.startswith("harness.report: error:")
+        assert str(bad) in err
 
 
 def test_paper_rows_are_table_1_of_paper_md():
-    """The five rows in report.py are PAPER.md's (where the shared folder is beside the repo)."""
+    """The five rows in harness/report.py are the paper's Table 1, as restated in the team's
+    PAPER.md (where the shared folder is beside the repository)."""
     paths = [
         os.path.join(ROOT, "shared", "PAPER.md"),
         os.path.join(ROOT, "..", "shared", "PAPER.md"),

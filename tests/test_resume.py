@@ -15,11 +15,12 @@ import types
 
 import pytest
 import torch
-from conftest import DATA, ROOT
-from test_hdpo import hash_reward, rows, train_args
+from conftest import DATA, DEMO_ARGS, ROOT, hash_reward, rows, shorten_demo, train_args
 
+import harness.logs
 import hdpo
-import plumbing
+from harness.checkpoint import find_checkpoint
+from harness.run import TrainingError
 
 SAMPLE = os.path.join(DATA, "openmathinstruct2_sample.jsonl")
 P, G = 2, 2  # prompts per step, rollouts per prompt
@@ -61,7 +62,7 @@ def same(a, b):
 
 
 def state_dict(folder):
-    from plumbing import load_model
+    from harness.loading import load_model
 
     return load_model(folder, device="cpu", dtype=torch.float32)[0].state_dict()
 
@@ -328,14 +329,14 @@ def test_ctrl_c_finishes_the_step_and_saves_a_checkpoint(tiny_qwen_dir, tmp_path
     fallback = signal.signal(
         signal.SIGINT, lambda *a: seen.append("not handled by hdpo")
     )  # never kill pytest
-    write = plumbing.append_jsonl
+    write = harness.logs.append_jsonl
 
     def append_and_interrupt(path, row):
         write(path, row)
         if path.endswith("metrics.jsonl") and row["step"] == 1:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(plumbing, "append_jsonl", append_and_interrupt)
+    monkeypatch.setattr(harness.logs, "append_jsonl", append_and_interrupt)
     try:
         res = hdpo.train(
             args_for(tiny_qwen_dir, tmp_path, "--max-steps", "4"),
@@ -415,7 +416,7 @@ def test_sigterm_saves_a_checkpoint_that_resume_continues(tiny_qwen_dir, tmp_pat
     text = "".join(lines)
     assert proc.returncode == 130, "expected exit 130 after a checkpoint on SIGTERM: " + text
     assert "checkpoint:" in text, text + (tmp_path / "stderr.txt").read_text()
-    ckpt = plumbing.find_checkpoint("latest", str(out))
+    ckpt = find_checkpoint("latest", str(out))
     step = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)["step"]
     assert 1 <= step < 1000 and not leftovers(out)
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, step + 1))
@@ -517,7 +518,7 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_a_one_line_error(
         "--distill-weight",
         "0",
     ]
-    with pytest.raises(hdpo.TrainingError, match="non-finite"):  # --debug: the exception itself
+    with pytest.raises(TrainingError, match="non-finite"):  # --debug: the exception itself
         hdpo.main(argv + ["--output-dir", str(tmp_path / "a"), "--max-bad-steps", "1", "--debug"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
@@ -675,41 +676,19 @@ def test_invalid_flag_values_are_argparse_errors(flags, capsys):
 
 @pytest.fixture
 def short_demo(monkeypatch):
-    """hdpo.main(["--demo", "--arms", "hdpo", ...]) with the demo shortened as tests/test_demo.py
-    shortens it."""
+    """demo.main(["--arms", "hdpo", ...]) with the demo shortened (conftest.shorten_demo)."""
     import demo
 
-    monkeypatch.setattr(demo, "WARM", dict(demo.WARM, steps=6, batch=8))
-    make_task = demo.make_task
-    monkeypatch.setattr(
-        demo, "make_task", lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32)
-    )
-    fake = types.ModuleType(
-        "verify"
-    )  # a 6-step warm start solves nothing: the hash reward gives gradients
+    shorten_demo(monkeypatch.setattr)
+    fake = types.ModuleType("verify")  # a 6-step warm start solves nothing: hash reward instead
     fake.reward = hash_reward
     monkeypatch.setitem(sys.modules, "verify", fake)
-    return lambda *argv: hdpo.main(
-        [
-            "--demo",
-            "--arms",
-            "hdpo",
-            "--prompts-per-step",
-            "4",
-            "--num-generations",
-            "4",
-            "--privileged-generations",
-            "2",
-            "--max-new-tokens",
-            "12",
-            *argv,
-        ]
-    )
+    return lambda *argv: demo.main(["--arms", "hdpo", *DEMO_ARGS, *argv])
 
 
 def test_short_demo_resume_equals_uninterrupted(tmp_path, short_demo):
-    """`hdpo.py --demo --arms hdpo --max-steps 4` vs `--max-steps 2` then `--resume --max-steps 4`
-    (the demo shortened): steps 3-4 identical, every logged field but timings."""
+    """`demo.py --arms hdpo --max-steps 4` vs `--max-steps 2` then `--resume --max-steps 4` (the
+    demo shortened): steps 3-4 identical, every logged field but timings."""
     short_demo("--output-dir", str(tmp_path / "straight"), "--max-steps", "4")
     short_demo("--output-dir", str(tmp_path / "resumed"), "--max-steps", "2")
     fresh_process_rng()
@@ -728,8 +707,7 @@ def test_short_demo_resume_equals_uninterrupted(tmp_path, short_demo):
 def run_demo(out, *extra):
     cmd = [
         sys.executable,
-        os.path.join(ROOT, "hdpo.py"),
-        "--demo",
+        os.path.join(ROOT, "demo.py"),
         "--arms",
         "hdpo",
         "--output-dir",
@@ -746,8 +724,8 @@ def run_demo(out, *extra):
     reason="the full demo takes minutes (its warm start): HDPO_DEMO_TESTS=1 runs it",
 )
 def test_demo_resume_equals_uninterrupted(tmp_path):
-    """The issue's commands, unshortened: `python hdpo.py --demo --arms hdpo --max-steps 4` vs 2
-    steps then `--resume --max-steps 4`: steps 3-4 identical."""
+    """The commands, unshortened: `python demo.py --arms hdpo --max-steps 4` vs 2 steps then
+    `--resume --max-steps 4`: steps 3-4 identical."""
     want = run_demo(tmp_path / "straight", "--max-steps", "4")
     run_demo(tmp_path / "resumed", "--max-steps", "2")
     got = run_demo(tmp_path / "resumed", "--max-steps", "4", "--resume")

@@ -1,12 +1,13 @@
 """Runs beside the paper's Table 1, and their curves.
 
-    python report.py runs/grpo runs/frozen-0.01 runs/frozen-0.1 runs/drifting-0.01 runs/drifting-0.1
-    python report.py runs/demo                      # the demo's arm folders (runs/demo/grpo, /hdpo)
+    python -m harness.report runs/grpo runs/frozen-0.01 runs/frozen-0.1 \
+        runs/drifting-0.01 runs/drifting-0.1
+    python -m harness.report runs/demo            # the demo's arm folders (runs/demo/grpo, /hdpo)
 
 For each run folder (what `hdpo.py --output-dir` writes: metrics.jsonl, eval.jsonl, args.json) it
 prints the best greedy / pass@4 / pass@8 of the run's validations and the step where each was
-first reached, under the paper's row with the same λ and teacher (PAPER.md, "The paper's
-results"); it marks runs shorter than the paper's 2,000 steps and runs outside the paper's
+first reached, under the paper's row with the same λ and teacher (arXiv 2603.23871,
+Table 1); it marks runs shorter than the paper's 2,000 steps and runs outside the paper's
 setting (model, rollouts per step, validation set). Then it draws report.png (matplotlib,
 optional): reward, cliff fraction, privileged pass rate, entropy and validation curves of every run.
 Works on runs still in progress (a half-written last line is skipped) and on runs without
@@ -19,7 +20,7 @@ import math
 import os
 import sys
 
-# PAPER.md, "The paper's results": best over 2,000 steps on 2,048 validation problems, 8×H200.
+# arXiv 2603.23871, Table 1: best over 2,000 steps on 2,048 validation problems, 8×H200.
 # (method, λ, teacher, greedy = the paper's pass@1, pass@4, pass@8); the teacher does not apply at
 # λ = 0.
 PAPER_ROWS = (
@@ -160,7 +161,7 @@ def format_table(runs):
     name_w = max([len(label(r)) for r in runs] + [len(m) for m, *_ in PAPER_ROWS]) + 2
     col = 16
     lines = [
-        "Table 1 of the paper (PAPER.md; best over 2,000 steps, 2,048 validation problems, 8×H200)",
+        "Table 1 of arXiv 2603.23871 (best over 2,000 steps, 2,048 validation problems, 8×H200)",
         "beside each run's best validation score and the first step it was reached (greedy is",
         "the paper's pass@1).",
         "",
@@ -258,7 +259,7 @@ def main(argv=None):
     try:
         runs = [load_run(d) for d in run_folders(args.runs)]
     except (ReportError, OSError, ValueError) as e:
-        print(f"report.py: error: {e}", file=sys.stderr)
+        print(f"harness.report: error: {e}", file=sys.stderr)
         sys.exit(1)
     print(format_table(runs))
     png = plot(runs, args.output)

@@ -1,39 +1,41 @@
-"""A training run's setup and bookkeeping, the helpers of hdpo.train that are not Algorithm 1:
-- setup_run: data, policy, teacher, optimiser, resume, generation settings, in one namespace;
-- step_statistics: a step's metrics (summed over ranks) for metrics.jsonl and the console line;
-- validate / validate_if_due: greedy accuracy and pass@k on the held-out problems every
-  --eval-every steps, the best so far in eval.jsonl.
-Logs, checkpoints and torchrun helpers are in plumbing.py.
+"""A training run around hdpo.train's loop, none of it Algorithm 1:
+- setup_run: data, policy, teacher, optimiser and warm-up, the memory plan on GPU, resume, the
+  generation settings, in one namespace;
+- record_step: after the update, the step's statistics (summed over ranks), validation when due,
+  the logs and a checkpoint when due;
+- finish_run: the final model and the run's summary;
+- run_command: the command line's body (torchrun, one-line errors, Ctrl-C).
 """
 
 import contextlib
 import os
+import sys
 import time
 from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 
+import reinject
 from data import DataError, load_problems, split_train_val
 from engine import eos_token_ids
 from eval import evaluate, summarize
-from plumbing import (
-    Trackers,
-    all_sum,
-    compute_device,
+from harness.checkpoint import (
     find_checkpoint,
-    keep_freed_memory,
-    load_model,
-    log_eval,
-    plan_memory,
-    require_trackers,
     restore_checkpoint,
     rewind_outputs,
-    save_args,
+    save_checkpoint,
     seed_everything,
-    set_checkpointing,
-    world,
 )
+from harness.distributed import all_sum, compute_device, init_distributed, world
+from harness.loading import ModelLoadError, load_model, quiet_libraries
+from harness.logs import log_eval, log_step, save_args
+from harness.memory import keep_freed_memory, plan_memory, set_checkpointing
+from harness.trackers import TrackerError, Trackers, require_trackers
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (e.g. too many non-finite steps in a row)."""
 
 
 def setup_run(args, train_rows, val_rows, reward_fn, build_teacher):
@@ -53,13 +55,7 @@ def setup_run(args, train_rows, val_rows, reward_fn, build_teacher):
     os.makedirs(args.output_dir, exist_ok=True)
     ckpt = find_checkpoint(args.resume, args.output_dir) if args.resume else None
     if train_rows is None:
-        keys = dict(problem_key=args.problem_key, answer_key=args.answer_key)
-        keys.update(solution_key=args.solution_key, with_solutions=args.privileged == "solution")
-        rows = load_problems(args.dataset, split=args.split, config=args.dataset_config, **keys)
-        train_rows, held_out = split_train_val(
-            rows, args.val_fraction, args.eval_problems, args.seed
-        )
-        val_rows = held_out if val_rows is None else val_rows
+        train_rows, val_rows = load_split(args, val_rows)
     if not train_rows:
         raise DataError("no training problems after the train/validation split")
 
@@ -83,10 +79,9 @@ def setup_run(args, train_rows, val_rows, reward_fn, build_teacher):
     warm = args.warmup_steps  # linear warm-up from 0.1x to 1x over `warm` steps, then constant
     schedule = lambda s: 1.0 if s >= warm else 0.1 + 0.9 * s / warm
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    eos_ids = eos_token_ids(tokenizer, model)
     state = {"step": 0, "data_pos": 0, "bad_steps": 0, "skipped_steps": 0, "best": {}}
     state["skipped_long_prompts"] = 0  # plain or privileged prompts with no room to generate
-    state["reinject_queue"] = []  # (step distilled, training-row index), global (--reinject-delay)
+    state["reinject_queue"] = []  # (step distilled, training-row index), global (reinject.py)
     paths = {k: os.path.join(args.output_dir, k + ".jsonl") for k in ("metrics", "samples", "eval")}
     if ckpt:
         restore_checkpoint(ckpt, optimizer, scheduler, state, args.seed)
@@ -97,7 +92,8 @@ def setup_run(args, train_rows, val_rows, reward_fn, build_teacher):
         seed_everything(args.seed + rank)
     gen = dict(
         temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-        batch_size=args.generation_batch_size, max_seq_len=args.max_seq_len, eos_ids=eos_ids,
+        batch_size=args.generation_batch_size, max_seq_len=args.max_seq_len,
+        eos_ids=eos_token_ids(tokenizer, model),
     )  # fmt: skip
     if rank == 0:
         print(
@@ -107,25 +103,51 @@ def setup_run(args, train_rows, val_rows, reward_fn, build_teacher):
             f"λ={args.distill_weight} teacher={args.teacher} | "
             f"{args.prompts_per_step}x{args.num_generations} rollouts/step | device {device}"
         )
-    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
-    if rank == 0:
         save_args(args)
+    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
     return SimpleNamespace(
         args=args, rank=rank, world_size=ws, device=device, amp=amp, model=model,
         tokenizer=tokenizer, teacher=teacher, optimizer=optimizer, scheduler=scheduler,
         reward_fn=reward_fn, train_rows=train_rows, val_rows=val_rows, state=state, paths=paths,
-        gen=gen, n_tokens=n_tokens, t_start=time.time(), step_long_prompts=0,
+        gen=gen, n_tokens=n_tokens, t_start=time.time(),
         trackers=Trackers(args, rank, state["step"]),
     )  # fmt: skip
 
 
-def step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losses):
+def load_split(args, val_rows):
+    """--dataset loaded and split 95/5 by problem. -> (training rows, validation rows: the held-out
+    problems unless val_rows is given)."""
+    keys = dict(problem_key=args.problem_key, answer_key=args.answer_key)
+    keys.update(solution_key=args.solution_key, with_solutions=args.privileged == "solution")
+    rows = load_problems(args.dataset, split=args.split, config=args.dataset_config, **keys)
+    train_rows, held_out = split_train_val(rows, args.val_fraction, args.eval_problems, args.seed)
+    return train_rows, held_out if val_rows is None else val_rows
+
+
+def record_step(run, step, stop):
+    """After Algorithm 1's line 7: the step's statistics, validation when due, metrics.jsonl and
+    samples.jsonl, the console line, the non-finite guard and a checkpoint when due. step:
+    hdpo.Step. -> True when the run should stop now (Ctrl-C / SIGTERM)."""
+    t0, t_gen = step.times
+    row = step_statistics(run, step)
+    row.update(step.update, generation_time_s=round(t_gen, 3))
+    row["train_time_s"] = round(time.time() - t0 - t_gen, 3)
+    row.update(validate_if_due(run))
+    row["step_time_s"] = round(time.time() - t0, 3)  # generation to update (and validation)
+    log_step(run, row, step)
+    raise_if_failing(run)
+    return checkpoint_if_due(run, stop)
+
+
+def step_statistics(run, step):
     """The step's statistics for metrics.jsonl, summed over ranks."""
-    G, (loss_grpo, loss_jsd, n_grpo, n_jsd) = run.args.num_generations, losses
+    G, (loss_grpo, loss_jsd, n_grpo, n_jsd) = run.args.num_generations, step.losses
+    rewards, rollouts, correct = step.rewards, step.rollouts, step.correct
     solved = (rewards.sum(1) == G).sum()
     truncated = sum(not o["finished"] for o in rollouts)
-    local = [len(batch), cliffs.sum(), rewards.sum(), rewards.numel(), solved, len(priv_ok)]
-    local += [sum(priv_ok), len(pairs), truncated, run.step_long_prompts]
+    local = [len(step.batch.rows), step.cliffs.sum(), rewards.sum(), rewards.numel(), solved]
+    local += [len(correct), sum(correct), len(step.pairs), truncated]
+    local += [step.batch.skipped + step.privileged.skipped]
     n, n_cliffs, r_sum, n_roll, n_solved, n_priv, n_ok, n_pairs, n_trunc, n_long = all_sum(
         local, run.device
     )
@@ -136,7 +158,7 @@ def step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losse
         [sum(x or 0.0 for x in h), h.count(None), sum(tokens)], run.device
     )
     run.state["skipped_long_prompts"] += int(n_long)  # global, so every rank holds the same count
-    return {
+    row = {
         "step": run.state["step"],
         "reward_mean": r_sum / max(n_roll, 1),
         "cliff_fraction": n_cliffs / max(n, 1),
@@ -156,26 +178,10 @@ def step_statistics(run, batch, rewards, cliffs, rollouts, priv_ok, pairs, losse
         "loss": loss_grpo + run.args.distill_weight * loss_jsd,
         "skipped_long_prompts": run.state["skipped_long_prompts"],
         "world_size": run.world_size,
-        **reinject_statistics(run, rewards, cliffs),  # only with --reinject-delay
     }
-
-
-def reinject_statistics(run, rewards, cliffs):
-    """With --reinject-delay: the step's re-injected prompts, how many of them were solved (at
-    least one correct rollout) and how many were cliffs again (summed over ranks); the prompts
-    queued this step and the queue's length after it (global already)."""
-    if not run.args.reinject_delay:
-        return {}
-    again = torch.tensor(run.step_reinjected, dtype=torch.bool)  # [P] re-injected prompts
-    local = [again.sum(), (again & (rewards.sum(1) > 0)).sum(), (again & cliffs).sum()]
-    n, solved, cliff_again = all_sum(local, run.device)
-    return {
-        "reinjected": int(n),
-        "reinjected_solved": int(solved),
-        "reinjected_cliffs": int(cliff_again),
-        "reinject_queued": run.step_queued,
-        "reinject_queue": len(run.state["reinject_queue"]),
-    }
+    if run.args.reinject_delay:
+        row.update(reinject.statistics(step, run.state, run.device))
+    return row
 
 
 def validate(model, tokenizer, val_rows, args, reward_fn, amp):
@@ -212,3 +218,70 @@ def validate_if_due(run):
             best[k] = max(best.get(k, v), v)
     log_eval(run, {"step": step, **res, "best": dict(best)})  # eval.jsonl and the trackers
     return {"val_" + k: v for k, v in scores.items()}
+
+
+def raise_if_failing(run):
+    """After --max-bad-steps non-finite steps in a row: stop with a one-line error."""
+    bad, step = run.state["bad_steps"], run.state["step"]
+    if bad >= run.args.max_bad_steps:
+        raise TrainingError(
+            f"{bad} non-finite steps in a row (loss or gradient is NaN/inf); stopping at step "
+            f"{step}. Lower --lr or check the data; --debug for details"
+        )
+
+
+def checkpoint_if_due(run, stop):
+    """Every --save-every steps, at the last step, and after Ctrl-C / SIGTERM (the ranks agree).
+    -> True when the run should stop now."""
+    args, step = run.args, run.state["step"]
+    stopping = all_sum([stop.signal is not None], run.device)[0] > 0
+    if stopping or (args.save_every and step % args.save_every == 0) or step == args.max_steps:
+        trainer_state = {k: v for k, v in run.state.items() if k != "step"}
+        path = save_checkpoint(
+            args.output_dir, step, run.model, run.tokenizer, run.teacher, run.optimizer,
+            run.scheduler, trainer_state, args.keep_checkpoints,
+        )  # fmt: skip
+        if run.rank == 0:
+            print(f"checkpoint: {path}", flush=True)
+    return stopping
+
+
+def finish_run(run, stop):
+    """The final model (unless interrupted), and every rank returns with the run's files written."""
+    out = run.args.output_dir
+    run.trackers.close()
+    if run.rank == 0 and not stop.signal:
+        run.model.save_pretrained(os.path.join(out, "final"))
+        run.tokenizer.save_pretrained(os.path.join(out, "final"))
+    if run.world_size > 1:
+        dist.barrier()
+    return {
+        "steps": run.state["step"],
+        "time_s": time.time() - run.t_start,
+        "output_dir": out,
+        "best_eval": run.state["best"],
+        "skipped_steps": run.state["skipped_steps"],
+        "interrupted": stop.signal is not None,
+    }
+
+
+def run_command(prog, work, debug=False):
+    """A command line's body: quiet libraries, torchrun's process group (when WORLD_SIZE > 1),
+    then work(). Bad input is one line on stderr and exit 1 (--debug: the traceback); Ctrl-C /
+    SIGTERM exit 130, also when work() returns a summary marked interrupted."""
+    quiet_libraries()  # no datasets/transformers progress bars: errors stay one line on stderr
+    init_distributed()  # under torchrun: one process per GPU, pinned to cuda:LOCAL_RANK
+    try:
+        if (work() or {}).get("interrupted"):
+            sys.exit(130)  # stopped by Ctrl-C / SIGTERM after saving a checkpoint: not finished
+    except (DataError, ModelLoadError, TrainingError, TrackerError, FileNotFoundError) as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -4,8 +4,8 @@ Nothing here is part of the algorithm. Tests, benchmarks and the README's offlin
 commands use it to get a model folder that `AutoModelForCausalLM.from_pretrained`
 loads without the Hugging Face hub:
 
-    python offline.py OUT_DIR                      # tiny: hidden 64, 2 layers
-    python offline.py OUT_DIR --full-size          # Qwen2.5-Math-1.5B's shape, random weights
+    python -m harness.offline OUT_DIR               # tiny: hidden 64, 2 layers
+    python -m harness.offline OUT_DIR --full-size   # Qwen2.5-Math-1.5B's shape, random weights
 """
 
 import argparse
@@ -13,8 +13,8 @@ import json
 import os
 import shutil
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOKENIZER_DIR = os.path.join(HERE, "tests", "data", "qwen2.5-math-1.5b")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "qwen2.5-math-1.5b")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 
 
