@@ -113,6 +113,40 @@ def grads(model):
     }
 
 
+# Small random models of the architectures users copy the project onto, each with the feature
+# that makes it differ from Qwen2/Llama: a sliding attention window shorter than the test's
+# prompts, a logit transform, or dynamic-NTK RoPE beyond a short original context.
+ARCHS = {
+    "qwen2": ("Qwen2", {}),
+    "llama": ("Llama", {}),
+    "mistral-window": ("Mistral", {"sliding_window": 6}),
+    "qwen2-window": (
+        "Qwen2",
+        {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1},
+    ),
+    "gemma2": ("Gemma2", {"sliding_window": 6, "head_dim": 8, "final_logit_softcapping": 3.0}),
+    "granite": ("Granite", {"logits_scaling": 4.0}),
+    "llama-dynamic-ntk": (
+        "Llama",
+        {"max_position_embeddings": 12, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},
+    ),
+}
+
+
+def arch_model(name, seed=0, vocab=300, **overrides):
+    """A random <name> model (ARCHS) of hidden size 32, 2 layers, 4 heads, 2 KV heads, fp32,
+    eval mode; overrides replace config fields."""
+    import transformers
+
+    family, extra = ARCHS[name]
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+              pad_token_id=0)  # fmt: skip
+    cfg = getattr(transformers, family + "Config")(**{**kw, **extra, **overrides})
+    return getattr(transformers, family + "ForCausalLM")(cfg).float().eval()
+
+
 # ---------------------------------------------------------------- short offline training runs
 
 
