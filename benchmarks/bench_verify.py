@@ -1,6 +1,6 @@
 """Speed and agreement of verify.py against Hugging Face Math-Verify, same process, same cases.
 
-    python benchmarks/bench_verify.py [--repeat N] [--ours PATH] [--json OUT]
+    python benchmarks/bench_verify.py --json benchmarks/results/bench_verify.json
 
 Workloads:
   - the 260 Math-Verify conformance cases (tests/data/math_verify_cases.json);
@@ -103,7 +103,7 @@ def main():
     )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ours", default=os.path.join(HERE, "verify.py"), help="verify.py to load")
-    ap.add_argument("--json", help="write the results to this JSON file")
+    ap.add_argument("--json", help="write the results to this JSON file (benchmarks/results/)")
     args = ap.parse_args()
     ours = load_ours(args.ours)
     try:
