@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import time
 from types import MappingProxyType
 
@@ -540,11 +541,97 @@ def run_demo(a):
     print(
         f"\nwrote {path}" + (f", {png}" if png else "") + f" | demo total {time.time() - t0:.0f}s"
     )
+    if a.seeds is None:
+        print_context()
     return summary
 
 
+# ---------------------------------------------------------------------------------- over seeds
+
+# the committed multi-seed result (python demo.py --seeds 5 6 7 8 9, see the README)
+SEEDS_RESULT = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "benchmarks", "results", "demo_seeds.json"
+)
+
+
+def seed_measures(summary):
+    """One seed's measures, flat: each arm's cliff fractions, held-out scores and training time,
+    and the differences the demo is about: the cliff margin (GRPO's end minus HDPO's), HDPO's
+    held-out scores minus GRPO's, and HDPO's end cliffs minus re-injection's."""
+    row = {}
+    for arm, s in summary.items():
+        row[f"{arm}/cliffs_start"] = s["cliff_fraction_start"]
+        row[f"{arm}/cliffs_end"] = s["cliff_fraction_end"]
+        row.update({f"{arm}/{k}": v for k, v in s["heldout"].items()})
+        row[f"{arm}/time_s"] = s["time_s"]
+    if "grpo" in summary and "hdpo" in summary:
+        row["margin"] = row["grpo/cliffs_end"] - row["hdpo/cliffs_end"]
+        for k in summary["hdpo"]["heldout"]:
+            row[f"hdpo-grpo/{k}"] = row[f"hdpo/{k}"] - row[f"grpo/{k}"]
+    if "hdpo" in summary and "hdpo_reinject" in summary:
+        row["reinject_margin"] = row["hdpo/cliffs_end"] - row["hdpo_reinject/cliffs_end"]
+    return row
+
+
+def distribution(rows):
+    """{measure: {values, mean, std, min, max}} over the seeds' rows (std: sample, 0 for one)."""
+    out = {}
+    for k in rows[0]:
+        v = [r[k] for r in rows]
+        std = statistics.stdev(v) if len(v) > 1 else 0.0
+        out[k] = dict(values=v, mean=statistics.mean(v), std=std, min=min(v), max=max(v))
+    return out
+
+
+def run_seeds(a):
+    """--seeds: the demo once per seed (each in <output-dir>/seed-<s>, its own task and warm
+    start), in one process; then every measure's per-seed values, mean, standard deviation, min
+    and max, printed and written to <output-dir>/demo_seeds.json."""
+    seeds = list(range(a.seeds[0])) if len(a.seeds) == 1 else a.seeds
+    t0, rows = time.time(), {}
+    for s in seeds:
+        b = copy.copy(a)
+        b.seed, b.output_dir = s, os.path.join(a.output_dir, f"seed-{s}")
+        rows[s] = seed_measures(run_demo(b))
+    dist = distribution(list(rows.values()))
+    result = {
+        "seeds": seeds, "threads": torch.get_num_threads(), "wall_s": round(time.time() - t0),
+        "settings": {k: getattr(a, k) for k, _ in DEMO_TRAINING if k != "output_dir"},
+        "per_seed": rows, "distribution": dist,
+    }  # fmt: skip
+    path = os.path.join(a.output_dir, "demo_seeds.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    cols = [k for k in ("grpo/cliffs_start", "grpo/cliffs_end", "hdpo/cliffs_end", "margin",
+                        "hdpo_reinject/cliffs_end", "reinject_margin") if k in dist]  # fmt: skip
+    print("\nseed " + "".join(f"{c:>26}" for c in cols))
+    for s, r in rows.items():
+        print(f"{s:<5}" + "".join(f"{r[c]:>26.3f}" for c in cols))
+    print(f"\n{'measure':<28}{'mean':>8}{'std':>8}{'min':>8}{'max':>8}")
+    for k, d in dist.items():
+        print(f"{k:<28}" + "".join(f"{d[x]:>8.3f}" for x in ("mean", "std", "min", "max")))
+    print(f"\nwrote {path} | {len(seeds)} seeds in {result['wall_s']} s")
+    return result
+
+
+def print_context(path=SEEDS_RESULT):
+    """After a single run: the committed multi-seed result this run is one draw from."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        res = json.load(f)
+    m = res["distribution"].get("margin")
+    if m:
+        print(
+            f"Over seeds {', '.join(map(str, res['seeds']))} ({os.path.relpath(path)}): the margin "
+            f"was {m['mean']:+.3f} on average (std {m['std']:.3f}, min {m['min']:+.3f}, max "
+            f"{m['max']:+.3f}); one run is one draw from that distribution."
+        )
+
+
 def build_parser():
-    """hdpo.py's flags with the demo's defaults (DEMO_TRAINING, DEMO_REINJECT), plus --arms."""
+    """hdpo.py's flags with the demo's defaults (DEMO_TRAINING, DEMO_REINJECT), plus --arms and
+    --seeds."""
     p = hdpo.build_parser()
     p.description = "Offline demo: GRPO vs HDPO on a synthetic task with a tiny model (demo.py)."
     p.set_defaults(**dict(DEMO_TRAINING + DEMO_REINJECT))
@@ -555,6 +642,14 @@ def build_parser():
         default="both",
         help="both: grpo and hdpo; all: also hdpo_reinject (HDPO with re-injection)",
     )
+    g.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="N: seeds 0..N-1; or a list of seeds: the demo once per seed, then the distribution "
+        "of each measure (demo_seeds.json)",
+    )
     return p
 
 
@@ -564,7 +659,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    run_command("demo.py", lambda: run_demo(args), args.debug)
+    run_command("demo.py", lambda: run_seeds(args) if args.seeds else run_demo(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The offline demo (`python demo.py`), shortened: a few warm-start and training steps."""
 
 import json
+import math
 import os
 
 import pytest
@@ -189,3 +190,47 @@ def test_report_on_the_demo_folders(short_demo, tmp_path, capsys):
         assert f"{os.path.normpath(arms[1])} (λ=1 drifting)" in other
         assert text.count("(no validation)") == len(arms)
         assert os.path.join(out, "demo_summary.json") in text
+
+
+def untimed(summary):
+    return {arm: {k: v for k, v in s.items() if k != "time_s"} for arm, s in summary.items()}
+
+
+def test_same_seed_and_threads_give_identical_summaries(tmp_path, monkeypatch):
+    """The demo's determinism: the same seed on the same machine and thread count gives the same
+    numbers (every measure of both arms; only the wall times differ)."""
+    import torch
+
+    shorten_demo(monkeypatch.setattr)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        runs = [demo.main(["--output-dir", str(tmp_path / d), "--max-steps", "2", *DEMO_ARGS])
+                for d in ("a", "b")]  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert runs == [None, None]  # main returns nothing; the summaries are the files
+    a, b = (json.loads((tmp_path / d / "demo_summary.json").read_text()) for d in ("a", "b"))
+    assert untimed(a) == untimed(b) and set(a) == set(ARMS)
+
+
+def test_seeds_run_each_seed_and_report_the_distribution(tmp_path, monkeypatch):
+    """--seeds 3 4: one demo per seed in its own folder, then each measure's per-seed values and
+    their mean, standard deviation, min and max, with the cliff margin GRPO end − HDPO end."""
+    import statistics
+
+    shorten_demo(monkeypatch.setattr)
+    demo.main(["--output-dir", str(tmp_path), "--max-steps", "1", "--seeds", "3", "4", *DEMO_ARGS])
+    res = json.loads((tmp_path / "demo_seeds.json").read_text())
+    assert res["seeds"] == [3, 4] and set(res["per_seed"]) == {"3", "4"}
+    for s in ("3", "4"):
+        summary = json.loads((tmp_path / f"seed-{s}" / "demo_summary.json").read_text())
+        row = res["per_seed"][s]
+        assert row == demo.seed_measures(summary)
+        assert row["margin"] == row["grpo/cliffs_end"] - row["hdpo/cliffs_end"]
+    for k, d in res["distribution"].items():
+        v = [res["per_seed"][s][k] for s in ("3", "4")]
+        assert d["values"] == v and d["min"] == min(v) and d["max"] == max(v)
+        assert math.isclose(d["mean"], statistics.mean(v))
+        assert math.isclose(d["std"], statistics.stdev(v), abs_tol=1e-12)
+    assert demo.parse_args(["--seeds", "3"]).seeds == [3]  # one number N: seeds 0..N-1
