@@ -53,6 +53,7 @@ from forward import (
     grouped,
     head_gather_lse,
     head_topk,
+    logit_transform,
     pack_micro_batches,
     shares_prompts,
 )
@@ -155,7 +156,8 @@ def jsd_topk(student_logits, teacher_logits, k=64):
 # ----------------------------------------------------------------------------------------------
 # Memory-bounded gradients (Algorithm 1, line 6): each loss's forward and backward over
 # micro-batches packed by tokens, a group's prompt forwarded once, the lm_head in chunks (all
-# three in forward.py).
+# three in forward.py). Both losses use the distribution the rollouts were sampled from: the
+# model's own logits (its scale or soft-cap) divided by --temperature.
 
 
 def grpo_backward(model, seqs, advantages, n_tokens, args, device, amp=contextlib.nullcontext):
@@ -164,15 +166,16 @@ def grpo_backward(model, seqs, advantages, n_tokens, args, device, amp=contextli
     this call's share of L_GRPO. Zero-advantage sequences are skipped: their gradient is 0."""
     work = [(p, c, a) for (p, c), a in zip(seqs, advantages) if a != 0]
     prompts, owner = grouped([p for p, _, _ in work])
-    comps, shared = [c for _, c, _ in work], shares_prompts(model)
+    comps, shared = [c for _, c, _ in work], shares_prompts(model, args.max_seq_len)
     total, head = 0.0, model.get_output_embeddings()
+    t = logit_transform(model, args.temperature)  # the sampled distribution: softmax(logits / T)
     lens = [len(p) for p in prompts], [len(c) for c in comps]
     for mb in pack_micro_batches(*lens, owner, args.micro_batch_tokens, shared):
         mb_comps, mb_owner = [comps[i] for i in mb], [owner[i] for i in mb]
         with amp():
             hidden, targets = completion_hidden(model, prompts, mb_comps, mb_owner, device, shared)
             adv = torch.tensor([work[i][2] for i in mb for _ in comps[i]], device=device)  # [N]
-            target_logit, lse = head_gather_lse(hidden, head, targets[:, None], args.logit_chunk)
+            target_logit, lse = head_gather_lse(hidden, head, targets[:, None], args.logit_chunk, t)
             logp = target_logit[:, 0] - lse  # [N] log π(target)
             loss = grpo_token_loss(logp, logp.detach(), adv, args.clip_eps).sum() / n_tokens
         loss.backward()
@@ -182,22 +185,27 @@ def grpo_backward(model, seqs, advantages, n_tokens, args, device, amp=contextli
 
 def jsd_backward(model, teacher, pairs, n_tokens, args, device, amp=contextlib.nullcontext):
     """Accumulate ∇ λ·L_JSD into .grad. pairs: (plain_prompt_ids, privileged_prompt_ids, ȳ_ids).
-    Teacher logits come from (x ⊕ y*, ȳ), student logits from (x, ȳ), aligned on ȳ's tokens.
-    n_tokens: the step's global distillation-token count. Returns this call's share of L_JSD."""
+    Teacher logits come from (x ⊕ y*, ȳ), student logits from (x, ȳ), aligned on ȳ's tokens, both
+    at the sampling temperature. n_tokens: the step's global distillation-token count. Returns
+    this call's share of L_JSD."""
     total, head, t_head = 0.0, model.get_output_embeddings(), teacher.get_output_embeddings()
-    plain, owner = grouped([x for x, _, _ in pairs])  # a cliff's rollouts share x and x ⊕ y*
-    privileged = [pairs[owner.index(k)][1] for k in range(len(plain))]
-    ys, shared = [y for _, _, y in pairs], shares_prompts(model)
-    lens = [max(len(x), len(t)) for x, t in zip(plain, privileged)], [len(y) for y in ys]
+    t = logit_transform(model, args.temperature)  # both sides: softmax(logits / T)
+    t_teacher = logit_transform(teacher, args.temperature)
+    # a group is one (x, x ⊕ y*): a cliff's rollouts share both; two cliffs with the same problem
+    # text x (another answer or solution in x ⊕ y*) are two groups, each with its own teacher
+    contexts, owner = grouped([(tuple(x), tuple(p)) for x, p, _ in pairs])
+    plain, privileged = [list(x) for x, _ in contexts], [list(p) for _, p in contexts]
+    ys, shared = [y for _, _, y in pairs], shares_prompts(model, args.max_seq_len)
+    lens = [max(len(x), len(p)) for x, p in zip(plain, privileged)], [len(y) for y in ys]
     for mb in pack_micro_batches(*lens, owner, args.micro_batch_tokens, shared):
         mb_ys, mb_owner = [ys[i] for i in mb], [owner[i] for i in mb]
         with torch.no_grad(), amp():  # the teacher carries no gradient (drifting or frozen)
             t_hidden, _ = completion_hidden(teacher, privileged, mb_ys, mb_owner, device, shared)
-            values, indices = head_topk(t_hidden, t_head, args.topk, args.logit_chunk)  # [N, k]
+            values, indices = head_topk(t_hidden, t_head, args.topk, args.logit_chunk, t_teacher)
             del t_hidden
         with amp():
             hidden, _ = completion_hidden(model, plain, mb_ys, mb_owner, device, shared)  # [N, H]
-            logits_k, lse = head_gather_lse(hidden, head, indices, args.logit_chunk)  # [N, k], [N]
+            logits_k, lse = head_gather_lse(hidden, head, indices, args.logit_chunk, t)  # [N, k]
             jsd = jsd_from_logq(logits_k - lse[:, None], values)  # [N]
             loss = jsd.sum() / n_tokens
         (args.distill_weight * loss).backward()
@@ -425,7 +433,9 @@ def build_parser():
     g = p.add_argument_group("GRPO (Algorithm 1, lines 1-2)")
     g.add_argument("--prompts-per-step", type=int, default=32)
     g.add_argument("--num-generations", type=int, default=16, help="G rollouts per prompt")
-    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument(
+        "--temperature", type=float, default=1.0, help="T: rollouts and losses use softmax(z / T)"
+    )
     g.add_argument("--max-seq-len", type=int, default=4096, help="prompt + completion (context)")
     g.add_argument("--max-new-tokens", type=int, default=4096, help="completion cap")
     g.add_argument(
@@ -470,7 +480,7 @@ def build_parser():
         default=None,
         help="padded tokens per forward/backward (default: CPU 1024; GPU from the memory plan)",
     )
-    g.add_argument("--generation-batch-size", type=int, default=128, help="sequences per batch")
+    g.add_argument("--generation-batch-size", type=int, default=384, help="rows decoding at once")
     g.add_argument(
         "--logit-chunk",
         type=int,

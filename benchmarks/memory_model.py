@@ -1,6 +1,6 @@
 """The memory model of a training step at the paper's scale, measured on CPU at full width.
 
-    python benchmarks/memory_model.py            # writes benchmarks/memory_model_results.json
+    python benchmarks/memory_model.py            # writes benchmarks/results/memory_model.json
 
 Qwen2.5-Math-1.5B's shape (tests/data/qwen2.5-math-1.5b/config.json: hidden 1536, 28 layers,
 12 heads, 2 KV heads, vocabulary 151,936) with random weights. Activations are measured, not
@@ -8,9 +8,11 @@ modelled: harness.memory.activation_bytes_per_token counts the bytes autograd sa
 under bf16 autocast (fp32 weights), per token, with and without gradient checkpointing, on a
 2-layer model of full width; a layer's share times 28 is the whole model's. The fixed part
 (weights, gradients, AdamW, autocast's bf16 weight copies, a frozen bf16 teacher, the all-reduce
-buffer, the lm_head chunks) is harness.memory.fixed_training_bytes for the real parameter count.
-The table is what harness.memory.plan_memory would choose on an 80 GB and a 141 GB card, with 10%
-kept free.
+buffer, the lm_head chunks) is harness.memory.fixed_training_bytes for the real parameter count:
+its resident part (the weights and a frozen teacher, on the card once loaded) plus what training
+adds. The table is what harness.memory.plan_memory would choose on an 80 GB and a 141 GB card,
+with 10% kept free: there plan_memory reads the resident part as memory in use and subtracts
+only the added part, so on an empty card the two budgets are the same.
 
 Caveats (reasoned, not measured on a GPU): CPU autocast saves what CUDA autocast saves for the
 matmuls and norms; attention on a GPU uses a fused kernel whose saved state is linear in the
@@ -59,7 +61,9 @@ def main():
     for card_gib in (80, 141):
         for world, teacher in ((1, "drifting"), (1, "frozen"), (8, "drifting"), (8, "frozen")):
             teacher_bytes = 2 * n_params if teacher == "frozen" else 0
-            fixed = fixed_training_bytes(n_params, full["vocab_size"], 1024, teacher_bytes, world)
+            fixed = sum(
+                fixed_training_bytes(n_params, full["vocab_size"], 1024, teacher_bytes, world)
+            )  # resident + added
             budget = 0.9 * card_gib * 1e9
             tokens, ckpt, fits = plan_micro_batch_tokens(
                 budget, fixed, per_token, per_token_ckpt, 4096
@@ -90,7 +94,7 @@ def main():
         print(f"{r['card_gb']:>5}G{r['world_size']:>6}{r['teacher']:>10}{r['fixed_gib']:>11}"
               f"{r['max_tokens_no_ckpt']:>10}{r['max_tokens_ckpt']:>16}"
               f"{r['chosen_micro_batch_tokens']:>9}{ckpt:>6}")  # fmt: skip
-    out = os.path.join(ROOT, "benchmarks", "memory_model_results.json")
+    out = os.path.join(ROOT, "benchmarks", "results", "memory_model.json")
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")

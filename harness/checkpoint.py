@@ -1,9 +1,13 @@
 """Checkpoints and exact resume: model, tokenizer, optimiser, scheduler, frozen teacher, RNG states,
 stream position and step, written to a temporary folder and renamed, the last --keep-checkpoints
-kept; and stopping cleanly on Ctrl-C / SIGTERM."""
+kept; and stopping cleanly on Ctrl-C / SIGTERM. Every file is read back with
+torch.load(weights_only=True): tensors and plain Python data only, so a checkpoint folder from
+elsewhere cannot run code when --resume loads it (a file that would is refused, CheckpointError)."""
 
 import os
+import pickle
 import random
+import re
 import shutil
 import signal
 import threading
@@ -12,8 +16,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from harness.distributed import world
+from harness.distributed import compute_device, world
 from harness.logs import truncate_jsonl
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be loaded safely: one line, no traceback."""
 
 
 def seed_everything(seed):
@@ -24,18 +32,41 @@ def seed_everything(seed):
 
 
 def rng_state():
+    """This rank's RNG states as tensors and plain data (weights_only loads them): Python's,
+    numpy's (its key array as a list), torch's CPU generator and the CUDA generator of this rank's
+    own device (cuda:LOCAL_RANK), not every visible device's."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state(compute_device()) if torch.cuda.is_available() else None,
     }
 
 
 def set_rng_state(s):
-    random.setstate(s["python"]), np.random.set_state(s["numpy"]), torch.set_rng_state(s["torch"])
+    """rng_state() back; the CUDA state goes to this rank's own device, whichever index it has
+    here (a resume may see fewer GPUs than the run that saved)."""
+    name, keys, pos, has_gauss, gauss = s["numpy"]
+    random.setstate(s["python"]), torch.set_rng_state(s["torch"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+        torch.cuda.set_rng_state(s["cuda"], compute_device())
+
+
+def load_plain(path):
+    """torch.load(path, weights_only=True): tensors and plain Python data. A file holding anything
+    else (a pickled callable would run when loaded) is refused with a one-line CheckpointError;
+    nothing in it runs."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))  # what unpickling would have imported
+        raise CheckpointError(
+            f"{path}: refused: it holds Python objects, not only tensors and plain data"
+            f"{f' ({found.group(1)})' if found else ''}; a checkpoint is loaded with "
+            "torch.load(weights_only=True) and never runs code"
+        ) from e
 
 
 def save_checkpoint(
@@ -102,13 +133,13 @@ def find_checkpoint(resume, out_dir):
 def restore_checkpoint(ckpt, optimizer, scheduler, state, seed):
     """Optimiser, scheduler and trainer state (in place) and this rank's RNG states."""
     rank = world()[0]
-    saved = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)
+    saved = load_plain(os.path.join(ckpt, "trainer.pt"))
     optimizer.load_state_dict(saved.pop("optimizer"))
     scheduler.load_state_dict(saved.pop("scheduler"))
     state.update({k: v for k, v in saved.items() if k in state})
     rng_file = os.path.join(ckpt, f"rng-{rank}.pt")
     if os.path.exists(rng_file):
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(load_plain(rng_file))
     else:  # a rank the checkpoint did not have (larger world size)
         seed_everything(seed + rank + 1000 * state["step"])
 

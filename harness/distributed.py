@@ -50,20 +50,26 @@ def all_sum(values, device):
 
 def all_reduce_grads(model, bucket_elements=2**26):
     """Sum .grad over ranks (missing grads count as zeros): gradients are packed into flat buckets
-    of at most bucket_elements (256 MB in fp32) and all-reduced bucket by bucket, so the extra
-    memory is one bucket, not a copy of every gradient."""
+    of one dtype (bf16 and fp32 gradients never share a bucket) of at most bucket_elements (256 MB
+    in fp32), all-reduced bucket by bucket and copied back into the same .grad tensors, so the extra
+    memory is one bucket, not a copy of every gradient, and every gradient keeps its dtype."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if world()[1] == 1:
         return
-    bucket, size = [], 0
-    for i, p in enumerate(params):
-        bucket.append(p.grad)
-        size += p.grad.numel()
-        if size >= bucket_elements or i == len(params) - 1:
-            flat = torch.cat([g.reshape(-1) for g in bucket])  # [size]
-            dist.all_reduce(flat)
-            torch.nn.utils.vector_to_parameters(flat, bucket)
-            bucket, size = [], 0
+    by_dtype = {}
+    for p in params:
+        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        bucket, size = [], 0
+        for i, g in enumerate(grads):
+            bucket.append(g)
+            size += g.numel()
+            if size >= bucket_elements or i == len(grads) - 1:
+                flat = torch.cat([b.reshape(-1) for b in bucket])  # [size], the bucket's dtype
+                dist.all_reduce(flat)
+                for b, part in zip(bucket, flat.split([b.numel() for b in bucket])):
+                    b.copy_(part.view_as(b))  # in place: the .grad tensor is not rebound
+                bucket, size = [], 0

@@ -55,13 +55,17 @@ def activation_bytes_per_token(model, amp, probe=(128, 384)):
 
 
 def fixed_training_bytes(n_params, vocab, logit_chunk, frozen_teacher_bytes, world_size):
-    """What a step holds whatever its length: fp32 weights, gradients and AdamW's two moments
-    (16 bytes a parameter), bf16 copies autocast makes of the weights (2), the engine's bf16
-    generation copy (2, engine._generation_model), a frozen teacher, the
-    all-reduce bucket under torchrun (256 MB), and the lm_head's [chunk, V] fp32 buffers (up to
-    three at a time: forward, backward, the teacher's top-k)."""
+    """What a step holds whatever its length, in two parts -> (resident, added):
+    - resident: what loading the models put on the card: the fp32 weights (4 bytes a parameter)
+      and a frozen teacher;
+    - added: what training adds to them: gradients and AdamW's two moments (12 bytes a
+      parameter), the bf16 copies autocast makes of the weights (2), the engine's bf16 generation
+      copy (2, engine._generation_model), the all-reduce bucket under torchrun (256 MB), and
+      three [chunk, V] fp32 buffers of the lm_head (at most 2.5 are alive at once: the backward's
+      buffer, its soft-cap buffer, the bf16 copy of its gradient)."""
     bucket = 2**28 if world_size > 1 else 0
-    return n_params * 20 + frozen_teacher_bytes + bucket + 3 * logit_chunk * vocab * 4
+    resident = n_params * 4 + frozen_teacher_bytes
+    return resident, n_params * 16 + bucket + 3 * logit_chunk * vocab * 4
 
 
 def plan_micro_batch_tokens(free_bytes, fixed_bytes, per_token, per_token_ckpt, longest,
@@ -84,8 +88,11 @@ def set_checkpointing(model, on):
 
 
 def plan_memory(args, model, amp, world_size, teacher_bytes):
-    """On a GPU: measure the activations per token (with and without gradient checkpointing), add
-    the fixed part, and choose --micro-batch-tokens (unless given) and gradient checkpointing
+    """On a GPU, after the policy (and a frozen teacher of teacher_bytes) are loaded: measure the
+    activations per token (with and without gradient checkpointing), hand the probes' memory back
+    to the card, read its free memory (what is loaded is already used), subtract what training
+    adds to it (fixed_training_bytes' added part; the resident part is in use already, not
+    counted twice), and choose --micro-batch-tokens (unless given) and gradient checkpointing
     (when one --max-seq-len sequence would not fit without it). -> one line for the console."""
     device = next(model.parameters()).device
     n_params = sum(p.numel() for p in model.parameters())
@@ -96,11 +103,14 @@ def plan_memory(args, model, amp, world_size, teacher_bytes):
     per_token_ckpt = activation_bytes_per_token(model, amp) + per_token / layers  # + 1 layer redone
     if not args.gradient_checkpointing:
         set_checkpointing(model, False)
-    fixed = fixed_training_bytes(n_params, vocab, args.logit_chunk, teacher_bytes, world_size)
+    resident, added = fixed_training_bytes(
+        n_params, vocab, args.logit_chunk, teacher_bytes, world_size
+    )
+    torch.cuda.empty_cache()  # the probes' activations, cached by the allocator, back to the card
     free, total = torch.cuda.mem_get_info(device)
     budget = 0.9 * total - (total - free)  # 10% for the allocator's fragmentation and NCCL
     tokens, ckpt, fits = plan_micro_batch_tokens(
-        budget, fixed, per_token, per_token_ckpt, args.max_seq_len
+        budget, added, per_token, per_token_ckpt, args.max_seq_len
     )
     if args.micro_batch_tokens is None:
         args.micro_batch_tokens = tokens
@@ -109,7 +119,8 @@ def plan_memory(args, model, amp, world_size, teacher_bytes):
         args.gradient_checkpointing = True
     gib = lambda b: f"{b / 2**30:.1f} GiB"
     line = (
-        f"memory: {gib(total)} card, fixed {gib(fixed)}, activations {per_token / 2**10:.0f} KiB/"
+        f"memory: {gib(total)} card, {gib(total - free)} in use (weights {gib(resident)}), "
+        f"training adds {gib(added)}, activations {per_token / 2**10:.0f} KiB/"
         f"token ({per_token_ckpt / 2**10:.0f} with checkpointing) -> --micro-batch-tokens "
         f"{args.micro_batch_tokens}, gradient checkpointing {'on' if ckpt else 'off'}"
     )

@@ -215,8 +215,55 @@ DEMO_ARGS = ["--prompts-per-step", "4", "--num-generations", "4", "--privileged-
 def shorten_demo(setattr):
     """The demo with a 6-step warm start on 32 problems, 8 training and 4 held-out problems.
     setattr: monkeypatch.setattr in a test, the builtin in a torchrun worker."""
+    import functools
+
     import demo
 
-    make_task = demo.make_task
+    make_task = getattr(demo.make_task, "func", demo.make_task)  # idempotent: the original
     setattr(demo, "WARM", dict(demo.WARM, steps=6, batch=8))
-    setattr(demo, "make_task", lambda seed: make_task(seed, n_train=8, n_heldout=4, n_warm=32))
+    setattr(demo, "make_task", functools.partial(make_task, n_train=8, n_heldout=4, n_warm=32))
+
+
+# ---------------------------------------------------------------- naive references for the losses
+
+
+def naive_logits(model, prompt, completion, temperature=1.0):
+    """The model's own full-vocabulary logits (model(...).logits: its scale or soft-cap included)
+    at the positions predicting each completion token, the sequence forwarded alone, divided by
+    the sampling temperature. -> [|c|, V]"""
+    ids = torch.tensor([list(prompt) + list(completion)])
+    logits = model(input_ids=ids).logits[0]  # [L, V]
+    return logits[len(prompt) - 1 : len(prompt) + len(completion) - 1] / temperature  # [|c|, V]
+
+
+def full_jsd_float64(student_logits, teacher_logits, k):
+    """Reference: the truncated teacher as a full-vocabulary distribution, float64, 0·log 0 = 0."""
+    s, t = student_logits.double(), teacher_logits.double()
+    vals, idx = t.topk(k, -1)
+    p = torch.zeros_like(t).scatter(-1, idx, vals.softmax(-1))
+    q = s.softmax(-1)
+    m = 0.5 * (p + q)
+    kl = lambda a, b: torch.where(a > 0, a * (a.log() - b.log()), torch.zeros_like(a)).sum(-1)
+    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
+
+
+def naive_hdpo_gradients(model, teacher, seqs, advantages, pairs, args):
+    """∇(L_GRPO + λ L_JSD) the straightforward way: every sequence forwarded alone through
+    model(...).logits, full-vocabulary log-softmax at --temperature, the JSD_k against the
+    teacher's full logits. -> (grads by parameter name, L_GRPO, L_JSD); model.grad is left
+    zeroed."""
+    T = args.temperature
+    n_grpo, n_jsd = sum(len(c) for _, c in seqs), sum(len(y) for *_, y in pairs)
+    model.zero_grad(set_to_none=True)
+    grpo = sum(-a * naive_logits(model, p, c, T).log_softmax(-1)
+               .gather(-1, torch.tensor(c)[:, None]).sum()
+               for (p, c), a in zip(seqs, advantages)) / max(n_grpo, 1)  # fmt: skip
+    jsd = 0.0
+    for x, xy, y in pairs:
+        with torch.no_grad():
+            t = naive_logits(teacher, xy, y, T)
+        jsd = jsd + full_jsd_float64(naive_logits(model, x, y, T), t, args.topk).sum() / n_jsd
+    (grpo + args.distill_weight * jsd).backward()
+    out = grads(model)
+    model.zero_grad(set_to_none=True)
+    return out, float(grpo.detach()), float(jsd.detach())

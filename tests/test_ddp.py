@@ -138,6 +138,22 @@ def case_gradients(case, teacher_kind, rank=None):
     return grads(model), out
 
 
+def mixed_dtype_step(rank=None, bucket_elements=2**26):
+    """A model with an fp32 and a bf16 layer; rank's gradient (its own input) summed over the 2
+    ranks by all_reduce_grads, then one AdamW step. rank None: the 1-process reference, both
+    ranks' gradients accumulated in one process. -> (grads, parameters after the step)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2).to(torch.bfloat16))
+    for r in (0, 1) if rank is None else (rank,):
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(r))  # [5, 4]
+        (model[1](model[0](x).to(torch.bfloat16)).float() ** 2).sum().backward()
+    if rank is not None:
+        harness.distributed.all_reduce_grads(model, bucket_elements)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    torch.optim.AdamW(model.parameters(), lr=0.1).step()  # 'expected dtype' if a grad was rebound
+    return grads, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
 # ---------------------------------------------------------------- workers (run under torchrun)
 
 
@@ -157,6 +173,7 @@ def worker_grad(out_dir):
     # small all-reduce buckets: the small model's gradients travel in many of them
     hdpo.all_reduce_grads = functools.partial(hdpo.all_reduce_grads, bucket_elements=3000)
     res = {f"{c}/{t}": case_gradients(c, t, rank) for c in CASES for t in TEACHERS}
+    res.update({f"mixed/{b}": mixed_dtype_step(rank, b) for b in (5, 2**26)})
     torch.save(res, os.path.join(out_dir, f"grads-{rank}.pt"))
 
 
@@ -313,6 +330,21 @@ def test_ddp_gradient_equals_single_process(ddp_grads, case, teacher):
                 k,
                 (got[k] - want[k]).abs().max(),
             )
+
+
+@pytest.mark.parametrize("bucket", [5, 2**26], ids=["small-buckets", "one-bucket"])
+def test_ddp_all_reduce_keeps_bf16_and_fp32_gradients_and_adamw_steps(ddp_grads, bucket):
+    """Issue 25, item 6: gradients of a bf16 layer and an fp32 layer, all-reduced over 2 gloo
+    ranks (buckets of 5 elements, or one bucket for all): each keeps its dtype (no bf16 gradient
+    rebound to fp32), AdamW steps, and gradients and weights equal the 1-process run's."""
+    want_grads, want_params = mixed_dtype_step()
+    assert {g.dtype for g in want_grads.values()} == {torch.float32, torch.bfloat16}
+    for rank in (0, 1):
+        got_grads, got_params = ddp_grads[rank][f"mixed/{bucket}"]
+        for k in want_grads:
+            assert got_grads[k].dtype == want_grads[k].dtype, (rank, k)
+            assert torch.equal(got_grads[k], want_grads[k]), (rank, k)
+            assert torch.equal(got_params[k], want_params[k]), (rank, k)
 
 
 def test_ddp_split_really_differs_per_rank():

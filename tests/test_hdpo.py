@@ -17,10 +17,12 @@ from conftest import (
     PAIRS,
     ROOT,
     SEQS,
+    full_jsd_float64,
     grads,
     hash_reward,
     long_row,
     loss_args,
+    naive_logits,
     read_jsonl,
     rows,
     small_model,
@@ -98,17 +100,6 @@ def test_privileged_prompt_holds_the_answer_and_the_plain_prompt_does_not(tiny_q
 # ---------------------------------------------------------------- JSD_k
 
 
-def full_jsd_float64(student_logits, teacher_logits, k):
-    """Reference: the truncated teacher as a full-vocabulary distribution, float64, 0·log 0 = 0."""
-    s, t = student_logits.double(), teacher_logits.double()
-    vals, idx = t.topk(k, -1)
-    p = torch.zeros_like(t).scatter(-1, idx, vals.softmax(-1))
-    q = s.softmax(-1)
-    m = 0.5 * (p + q)
-    kl = lambda a, b: torch.where(a > 0, a * (a.log() - b.log()), torch.zeros_like(a)).sum(-1)
-    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
-
-
 def test_jsd_topk_equals_full_jsd_when_k_is_vocab():
     torch.manual_seed(0)
     s, t = torch.randn(3, 5, 50) * 3, torch.randn(3, 5, 50) * 3
@@ -149,13 +140,6 @@ def test_jsd_teacher_gets_no_gradient():
 # ---------------------------------------------------------------- losses on a real (tiny) model
 
 
-def naive_logits(model, prompt, completion):
-    """Full-vocabulary logits at the positions predicting each completion token."""
-    ids = torch.tensor([list(prompt) + list(completion)])
-    logits = model(input_ids=ids).logits[0]  # [L, V]
-    return logits[len(prompt) - 1 : len(prompt) + len(completion) - 1]  # [|c|, V]
-
-
 @pytest.mark.parametrize(
     "seqs, advs", [(SEQS, ADV), (GROUP_SEQS, GROUP_ADV)], ids=["alone", "groups"]
 )
@@ -192,6 +176,34 @@ def test_chunked_jsd_loss_and_gradient_equal_full_vocabulary_computation(pairs):
     assert abs(loss - ref.item()) < 1e-5
     for k, g in grads(model).items():
         assert torch.allclose(got[k], g, atol=1e-6), k
+
+
+def test_two_cliffs_with_the_same_problem_text_are_distilled_from_their_own_teacher_context():
+    """Issue 25, item 3: two cliffs share the plain prompt x but not x ⊕ y* (two rows of one
+    problem with other answers, --privileged solution, a re-injected duplicate): each pair's
+    teacher runs on its own x ⊕ y*, as the naive per-pair computation does; grouping by x alone
+    (the teacher context of the group's first pair for all) gives another loss."""
+    pairs = [
+        ([5, 6], [40, 41, 5, 6], [8, 9, 10]),
+        ([5, 6], [40, 41, 5, 6], [11, 12]),  # a second rollout of the first cliff
+        ([5, 6], [43, 44, 45, 5, 6], [13, 14, 15, 16]),  # the second cliff: same x
+        ([7], [42, 7], [17]),
+    ]
+    model, args = small_model(), loss_args(micro_batch_tokens=1000)
+    n = sum(len(y) for *_, y in pairs)
+    loss = hdpo.jsd_backward(model, model, pairs, n, args, torch.device("cpu"))
+    got = grads(model)
+    model.zero_grad(set_to_none=True)
+    jsd = lambda teacher_context: sum(
+        full_jsd_float64(naive_logits(model, x, y), naive_logits(model, t, y).detach(), args.topk)
+        .sum() for x, t, y in teacher_context) / n  # fmt: skip
+    ref = jsd(pairs)
+    (args.distill_weight * ref).backward()
+    assert loss == pytest.approx(ref.item(), abs=1e-6)
+    for k, g in grads(model).items():
+        assert torch.allclose(got[k], g, atol=1e-6), k
+    first_context = [(x, pairs[0][1], y) for x, _, y in pairs[:3]] + pairs[3:]
+    assert abs(jsd(first_context).item() - ref.item()) > 1e-4  # 100x the tolerance above
 
 
 @pytest.mark.parametrize("micro_batch_tokens", [1, 9, 20])

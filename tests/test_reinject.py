@@ -61,7 +61,7 @@ def run_short(model_dir, out, *flags, steps=3):
     hdpo.train(args, train_rows=rows(), val_rows=[], reward_fn=hash_reward)
     weights = load_model(str(out / "final"), device="cpu", dtype=torch.float32)[0].state_dict()
     ckpt = find_checkpoint("latest", str(out))
-    trainer = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)
+    trainer = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=True)
     return read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "samples.jsonl"), weights, trainer
 
 

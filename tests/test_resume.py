@@ -123,8 +123,8 @@ def resumed(tiny_qwen_dir, tmp_path_factory):
         "files": sorted(
             os.path.relpath(p, ckpt) for p in glob.glob(os.path.join(ckpt, "**"), recursive=True)
         ),
-        "trainer": torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False),
-        "rng": torch.load(os.path.join(ckpt, "rng-0.pt"), weights_only=False),
+        "trainer": torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=True),
+        "rng": torch.load(os.path.join(ckpt, "rng-0.pt"), weights_only=True),
     }
     fresh_process_rng()
     second = hdpo.train(
@@ -205,7 +205,7 @@ def reinject_runs(tiny_qwen_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("resumed_reinject")
     train(out, "--max-steps", "2")
     ckpt = os.path.join(out, "checkpoints", "step-000002")
-    between = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)
+    between = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=True)
     fresh_process_rng()
     train(out, "--max-steps", "4", "--resume")
     return straight, out, between
@@ -226,7 +226,7 @@ def test_resume_with_a_non_empty_reinject_queue_continues_exactly(reinject_runs)
         assert untimed(g) == untimed(w), w["step"]
     assert read_jsonl(out / "samples.jsonl") == read_jsonl(straight / "samples.jsonl")
     ends = [torch.load(os.path.join(d, "checkpoints", "step-000004", "trainer.pt"),
-                       weights_only=False) for d in (straight, out)]  # fmt: skip
+                       weights_only=True) for d in (straight, out)]  # fmt: skip
     assert ends[0]["reinject_queue"] == ends[1]["reinject_queue"]
     assert ends[0]["data_pos"] == ends[1]["data_pos"] < 4 * P  # re-injected prompts replaced fresh
     a, b = state_dict(str(straight / "final")), state_dict(str(out / "final"))
@@ -317,6 +317,73 @@ def test_resume_with_nothing_to_resume_is_a_clear_error(tiny_qwen_dir, tmp_path,
         and len(err) == 1
         and err[0].startswith("hdpo.py: error: --resume: no checkpoint")
     )
+
+
+class RunsCode:
+    """Unpickling this calls os.mkdir(path): what a malicious checkpoint could do instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_checkpoint_carrying_a_pickled_callable_is_refused_not_run(
+    resumed, tmp_path, tiny_qwen_dir, capsys
+):
+    """Issue 25, item 7: a checkpoint folder whose trainer.pt holds a pickled callable (a download
+    from elsewhere) is refused with one line on --resume, and the callable never runs; every file
+    of a real checkpoint loads with weights_only=True."""
+    import pickle
+
+    out, _, _ = resumed
+    ckpt = tmp_path / "downloaded"
+    shutil.copytree(find_checkpoint("latest", str(out)), ckpt)
+    for f in glob.glob(os.path.join(ckpt, "*.pt")):
+        torch.load(f, weights_only=True)  # the real files: tensors and plain data only
+    marker = str(tmp_path / "ran")
+    pickle.loads(pickle.dumps(RunsCode(marker)))  # the payload is live: unpickling runs it
+    assert os.path.isdir(marker)
+    os.rmdir(marker)
+    saved = torch.load(ckpt / "trainer.pt", weights_only=True)
+    torch.save({**saved, "hook": RunsCode(marker)}, ckpt / "trainer.pt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        hdpo.main(["--model", tiny_qwen_dir, "--dataset", SAMPLE, "--output-dir",
+                   str(tmp_path / "run"), "--resume", str(ckpt), "--max-steps", "9"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"hdpo.py: error: {ckpt / 'trainer.pt'}: refused"), err
+    assert "weights_only=True" in err[0] and "mkdir" in err[0]
+    assert not os.path.exists(marker)  # never ran
+
+
+def test_resume_restores_the_cuda_rng_of_its_own_device_with_fewer_gpus(monkeypatch, tmp_path):
+    """Issue 25, item 8: a rank saves the CUDA generator of its own device (here cuda:3 of an
+    8-GPU run) and a resume on a 1-GPU machine restores it onto cuda:0 (no index 3 needed); the
+    Python, numpy and torch generators come back exactly, from a weights_only file. The CUDA calls
+    are faked: this machine may have no GPU."""
+    import random
+
+    import numpy as np
+
+    from harness.checkpoint import load_plain, rng_state, set_rng_state
+
+    states, restored = {3: torch.tensor([3, 3], dtype=torch.uint8)}, []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: states[device.index])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s, device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", None)  # no all-devices restore
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    torch.save(rng_state(), tmp_path / "rng-3.pt")
+    want = random.random(), np.random.rand(), torch.rand(1)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the resume: one GPU
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    set_rng_state(load_plain(tmp_path / "rng-3.pt"))
+    ((state, device),) = restored
+    assert torch.equal(state, states[3]) and device == torch.device("cuda", 0)
+    assert (random.random(), np.random.rand()) == want[:2] and torch.equal(torch.rand(1), want[2])
 
 
 # ---------------------------------------------------------------- Ctrl-C / SIGTERM
@@ -417,7 +484,7 @@ def test_sigterm_saves_a_checkpoint_that_resume_continues(tiny_qwen_dir, tmp_pat
     assert proc.returncode == 130, "expected exit 130 after a checkpoint on SIGTERM: " + text
     assert "checkpoint:" in text, text + (tmp_path / "stderr.txt").read_text()
     ckpt = find_checkpoint("latest", str(out))
-    step = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)["step"]
+    step = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=True)["step"]
     assert 1 <= step < 1000 and not leftovers(out)
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, step + 1))
     res = hdpo.train(
@@ -483,11 +550,11 @@ def test_non_finite_steps_are_skipped_counted_and_leave_the_weights_alone(tiny_q
     ck = lambda s: os.path.join(tmp_path, "checkpoints", f"step-{s:06d}")
     after2 = state_dict(os.path.join(ck(2), "model"))
     assert all(torch.equal(after2[k], init[k]) for k in init)  # no update in a skipped step
-    t2 = torch.load(os.path.join(ck(2), "trainer.pt"), weights_only=False)
+    t2 = torch.load(os.path.join(ck(2), "trainer.pt"), weights_only=True)
     assert (
         t2["optimizer"]["state"] == {} and t2["bad_steps"] == 2 and t2["skipped_steps"] == 2
     )  # AdamW untouched
-    t3 = torch.load(os.path.join(ck(3), "trainer.pt"), weights_only=False)
+    t3 = torch.load(os.path.join(ck(3), "trainer.pt"), weights_only=True)
     assert t3["bad_steps"] == 0  # a finite step resets the run of bad steps
     if m[2]["grad_norm"] > 0:
         after3 = state_dict(os.path.join(ck(3), "model"))
