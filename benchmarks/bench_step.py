@@ -36,6 +36,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "BENCH_RESULT "
 ARMS = ("trl", "hdpo", "hdpo_cliffs")
+MEDIANS = {"step_s": "median_s", "step_cpu_s": "cpu_median_s",  # per-step times -> medians
+           "generation_s": "generation_median_s", "train_s": "train_median_s"}  # fmt: skip
 
 
 def bench_reward(text, answer=None):
@@ -177,8 +179,9 @@ def run_child(name, cfg, python, timeout):
     for line in reversed(p.stdout.splitlines()):
         if line.startswith(TAG):
             res = json.loads(line[len(TAG) :])
-            res["median_s"] = statistics.median(res["step_s"][1:])  # the warm-up step left out
-            res["cpu_median_s"] = statistics.median(res["step_cpu_s"][1:])
+            for per_step, median in MEDIANS.items():  # the warm-up step left out
+                if per_step in res:
+                    res[median] = statistics.median(res[per_step][1:])
             print(f"   {name}: {time.perf_counter() - t:.0f} s, median step {res['median_s']:.2f}"
                   f" s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
             return res
@@ -193,8 +196,9 @@ def merge_rounds(results):
     if len(results) == 1 or not ok:
         return results[0]
     out = dict(ok[0], rounds=results)
-    for k in ("median_s", "cpu_median_s"):
-        out[k] = statistics.median(r[k] for r in ok)
+    for k in MEDIANS.values():
+        if all(k in r for r in ok):
+            out[k] = statistics.median(r[k] for r in ok)
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
     return out
 
@@ -220,6 +224,10 @@ def table(R):
         lines.append(f"{name:<14}{r['median_s']:>10.2f}{r['cpu_median_s']:>10.2f}"
                      f"{r['peak_rss_mb']:>15.0f}{ratio(r, 'median_s'):>10}"
                      f"{ratio(r, 'cpu_median_s'):>9}{ratio(r, 'peak_rss_mb'):>9}")  # fmt: skip
+    for name, r in R["arms"].items():
+        if "generation_median_s" in r:
+            lines.append(f"{name}: generation {r['generation_median_s']:.2f} s, losses and update "
+                         f"{r['train_median_s']:.2f} s (medians)")  # fmt: skip
     by_round = R.get("hdpo_over_trl_by_round", [])
     ok = [x for x in by_round if x is not None]
     if ok:

@@ -12,8 +12,9 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench_step  # noqa: E402
 
 
-def arm(median, cpu, peak):
-    return {"median_s": median, "cpu_median_s": cpu, "peak_rss_mb": peak, "step_s": [median]}
+def arm(median, cpu, peak, gen=None, rest=None):
+    r = {"median_s": median, "cpu_median_s": cpu, "peak_rss_mb": peak, "step_s": [median]}
+    return r if gen is None else dict(r, generation_median_s=gen, train_median_s=rest)
 
 
 def test_one_round_is_reported_as_it_ran():
@@ -22,9 +23,11 @@ def test_one_round_is_reported_as_it_ran():
 
 
 def test_rounds_give_medians_of_round_medians_and_the_largest_peak():
-    rounds = [arm(40.0, 70.0, 4800.0), arm(52.0, 75.0, 4700.0), arm(44.0, 60.0, 4900.0)]
+    rounds = [arm(40.0, 70.0, 4800.0, 16.0, 24.0), arm(52.0, 75.0, 4700.0, 20.0, 32.0),
+              arm(44.0, 60.0, 4900.0, 17.0, 26.0)]  # fmt: skip
     got = bench_step.merge_rounds(rounds)
     assert got["median_s"] == 44.0 and got["cpu_median_s"] == 70.0
+    assert got["generation_median_s"] == 17.0 and got["train_median_s"] == 26.0
     assert got["peak_rss_mb"] == 4900.0 and got["rounds"] == rounds
 
 
