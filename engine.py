@@ -7,25 +7,32 @@ validation (Algorithm 1, lines 1 and 4).
 completion_ids run up to and including the first EOS, so pad == eos (Qwen's <|endoftext|>) is safe.
 
 How it runs (continuous batching on a dense KV cache, so that the cost follows the tokens
-generated, not the caps):
+generated, not the caps; docs/engine.md has the design and the measurements):
 - The sequences (prompt x sample) wait in a queue, in order. Up to batch_size of them decode
   together, one forward per token for all of them. A sequence that ends (its first EOS, or its
-  own cap) leaves the batch at once and the next waiting one takes its row: no row waits for the
-  slowest and no finished row is computed again.
-- Each distinct prompt is forwarded once per call (prefill); its samples copy its KV cache.
-- The KV cache (_Cache) has one row per decoding sequence, right-aligned: every row's newest
-  token is in the same column, so one forward appends one column for all rows. Attention reads
-  only the columns of the longest live row, and the buffer is grown in chunks as rows grow, so a
-  cap of 4,096 costs nothing until a sequence is that long.
+  own cap) leaves the batch and the next waiting one takes its row: no row waits for the
+  slowest.
+- Each distinct prompt is forwarded once per call (prefill, prompts in groups); its samples copy
+  its KV cache, one copy per layer for a whole group of rows.
+- A decode step needs nothing from the host: the token choice, the EOS and cap checks, the
+  positions and masks are device tensors updated in place (_Cache, _decode). The host reads
+  which rows finished every few steps (SYNC_EVERY: 8 on CUDA, every step on CPU), so the
+  GPU does not wait for Python between tokens. On CUDA each step of a given (rows, width) shape
+  is one CUDA graph (_Graphs); on CPU the model runs eagerly (torch.compile was measured slower
+  there, docs/engine.md).
+- Attention reads each row's own columns, up to the longest live row's, grouped-query heads
+  without copies (_sdpa_attention); a sliding window (Mistral, Qwen2, Gemma 2) is in the masks,
+  per layer type. What the engine cannot compute exactly is refused in one line
+  (check_generation_support): RoPE that rescales with the batch's longest position (dynamic NTK,
+  longrope) past the original context.
 - Each sequence generates at most min(max_new_tokens, max_seq_len - its own prompt length)
   tokens, whatever it is batched with.
 - Greedy takes the argmax, as transformers' generate does; sampling draws exactly from
   softmax(logits / T) (sample_categorical), which also gives the entropy of that distribution.
 - On CUDA, a model whose weights are fp32 (hdpo.py's master weights) generates from a bf16 copy
-  (_generation_model), refreshed from the policy at every call; the KV cache is then bf16 too.
-  On CPU the model itself generates, in fp32, its Linear layers running from weights prepacked
-  for oneDNN for the call (_packed_linears): decoding a few rows per weight is where the plain
-  CPU matmul is slowest (the plain rollouts of a SmolLM2 step: 11-14 s against 15 s).
+  (_generation_model), refreshed from the policy at every call; the KV cache is then bf16 too,
+  and plan_generation sizes the rows to the card. On CPU the model itself generates, in fp32,
+  its Linear layers running from weights prepacked for oneDNN for the call (_packed_linears).
 
 A vLLM backend would be a second function with generate's signature and result dicts: prompt
 token ids in; completion ids, text, finished and entropy out; its weights reloaded from the
@@ -37,11 +44,16 @@ import copy
 import functools
 import inspect
 import platform
+import warnings
 import weakref
 from collections import deque
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from forward import UnsupportedModelError, rope_length_limit
 
 
 class PromptTooLongError(ValueError):
@@ -218,92 +230,252 @@ def _packed_linears(model, rows):
 
 
 # ----------------------------------------------------------------------------------------------
+# What the engine supports: attention masks per layer type, RoPE, the memory it plans
+
+
+def _attention_layout(model):
+    """How the engine masks attention for this model, checked: -> (impl, window, per_type).
+    impl: "sdpa" (run as _sdpa_attention) or "eager" (the model's own, with additive masks);
+    window: the sliding attention window in tokens (None: every layer attends to everything);
+    per_type: the masks go as {"full_attention": m, "sliding_attention": m_window}, the form in
+    which models with layer_types (Qwen2, Gemma 2/3) take one mask per kind of layer; without
+    layer_types a window applies to every layer (Mistral, Phi-3) and one mask is passed.
+    transformers uses a 4D mask as given, so a window the engine did not put in its mask would
+    not apply: what it cannot mask exactly is refused (UnsupportedModelError)."""
+    cfg = model.config.get_text_config()
+    kind = cfg.model_type
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    impl = "sdpa" if impl == _SDPA else impl  # inside a generate() call (_engine_attention)
+    if impl not in ("sdpa", "eager"):
+        raise UnsupportedModelError(
+            f"engine: {kind} uses attention implementation {impl!r}; the engine runs 'sdpa' or "
+            "'eager' (load the model with attn_implementation='sdpa')"
+        )
+    if getattr(cfg, "attention_chunk_size", None):
+        raise UnsupportedModelError(f"engine: {kind} has chunked attention, not supported")
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        unknown = sorted(set(types) - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise UnsupportedModelError(
+                f"engine: {kind} has {', '.join(unknown)} layers, which the engine cannot mask"
+            )
+        window = window if "sliding_attention" in types else None
+    elif getattr(cfg, "use_sliding_window", True) is False:
+        window = None
+    return impl, window, types is not None and window is not None
+
+
+def check_generation_support(model, longest):
+    """Refuse (UnsupportedModelError, one line) what the engine cannot generate exactly for
+    sequences of up to `longest` tokens (prompt + completion): an attention it cannot mask
+    (_attention_layout), and RoPE whose frequencies follow the batch's longest position (dynamic
+    NTK, longrope) past the original context, where a row's output would depend on its
+    batchmates. Within it every row is computed as alone."""
+    _attention_layout(model)
+    limit = rope_length_limit(model)
+    if limit is not None and longest > limit:
+        kind = model.config.get_text_config().model_type
+        raise UnsupportedModelError(
+            f"engine: {kind} has RoPE scaling (dynamic NTK or longrope) that changes past "
+            f"{limit} tokens, and this generation reaches {longest}: a rollout would depend on "
+            f"its batchmates; use --max-seq-len {limit} or less"
+        )
+
+
+def kv_bytes_per_token(config, dtype=torch.bfloat16):
+    """KV-cache bytes one token takes in the engine: K and V of every layer, every KV head
+    (Qwen2.5-Math-1.5B in bf16: 2 x 28 layers x 2 heads x 128 x 2 bytes = 28 KiB)."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * itemsize
+
+
+def plan_generation(model, rows, max_len, free_bytes):
+    """The generation memory plan (CUDA, fp32 weights generating through their bf16 copy): the
+    rows (sequences decoding together) that fit in free_bytes, each `max_len` tokens long at
+    most. Per row: its KV cache (kv_bytes_per_token x max_len), its next-token logits and the
+    sampler's two fp32 copies of them (3 x vocabulary x 4 bytes), its token buffer (8 bytes a
+    token); once: the bf16 copy of the weights (2 bytes a parameter). -> (rows to use, at most
+    `rows`; one line for the console)."""
+    cfg = model.config.get_text_config()
+    per_token = kv_bytes_per_token(cfg, torch.bfloat16)
+    per_row = max_len * (per_token + 8) + 3 * cfg.vocab_size * 4
+    copy_bytes = 2 * sum(p.numel() for p in model.parameters())
+    fit = max(1, int((free_bytes - copy_bytes) // per_row))
+    use = min(rows, fit)
+    gib = lambda b: f"{b / 2**30:.1f} GiB"
+    line = (
+        f"generation: {use} rows x {max_len} tokens x {per_token / 2**10:.0f} KiB/token of KV "
+        f"cache = {gib(use * max_len * per_token)} (+ {gib(use * 3 * cfg.vocab_size * 4)} logits, "
+        f"{gib(copy_bytes)} bf16 weights) of {gib(free_bytes)} free for it "
+        f"-> --generation-batch-size {use}"
+    )
+    if use < rows:
+        line += f" (asked {rows}: {fit} fit)"
+    return use, line
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention: grouped-query heads without copies, masks per layer type
+
+_SDPA = "hdpo_engine_sdpa"  # the name _sdpa_attention is registered under for generate() calls
+_GQA_FLAG = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa
+# keyword arguments of an attention call that the masks already express (or that are inert)
+_MASKED_BY_ENGINE = {"sliding_window", "position_ids", "cache_position", "use_cache"}
+
+
+def _sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                    **kwargs):  # fmt: skip
+    """transformers' sdpa attention, as the engine's forwards call it (generate() points the
+    model's attention implementation here for the call). query [n, H, q, D], key/value
+    [n, KV, kv, D], attention_mask [n, 1, q, kv] bool (True: may attend) or None (causal).
+    Grouped-query heads are read without copies, whatever the transformers version: a decode
+    step's G = H / KV query heads of a KV head become G queries of that head ([n, KV, G, D]: one
+    token's mask is the same for all of them); a prefill uses SDPA's enable_gqa (torch >= 2.5,
+    else the K/V are repeated, once per prompt group). Without a mask (a prompt group with no
+    padding), SDPA is free to pick its fastest (flash) kernel. Any other argument (Gemma's
+    soft-cap, sinks, ...) goes to transformers' own sdpa unchanged. -> ([n, q, H, D], None)"""
+    if any(v is not None for k, v in kwargs.items() if k not in _MASKED_BY_ENGINE):
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    n, H, q, D = query.shape
+    G = H // key.shape[1]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if q == 1:  # decode: [n, KV, G, D] queries against [n, KV, kv, D], mask [n, 1, 1, kv]
+        out = sdpa(query.view(n, H // G, G, D), key, value, attn_mask=attention_mask,
+                   dropout_p=dropout, scale=scaling)  # fmt: skip
+        return out.reshape(n, 1, H, D), None
+    kw = {}
+    if G > 1 and _GQA_FLAG:
+        kw["enable_gqa"] = True
+    elif G > 1:
+        key, value = (t.repeat_interleave(G, dim=1) for t in (key, value))  # [n, H, kv, D]
+    out = sdpa(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+               is_causal=attention_mask is None, **kw)  # fmt: skip
+    return out.transpose(1, 2).contiguous(), None  # [n, q, H, D]
+
+
+@contextlib.contextmanager
+def _engine_attention(model):
+    """For one generate() call, the layers of a model on transformers' sdpa attention call
+    _sdpa_attention (its name in the model's configs, restored after); eager stays eager."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+    swapped = [c for c in configs.values() if getattr(c, "_attn_implementation", None) == "sdpa"]
+    if swapped and _SDPA not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(_SDPA, _sdpa_attention)
+    for c in swapped:
+        c._attn_implementation = _SDPA
+    try:
+        yield
+    finally:
+        for c in swapped:
+            c._attn_implementation = "sdpa"
+
+
+def _mask_argument(layout, dtype, full, window):
+    """The attention_mask argument of a forward, from bool masks [n, 1, q, kv] (True: may attend)
+    of the full-attention layers and of the sliding-window ones (None: causal, no mask). Eager
+    attention adds its mask: there the masks become 0 / dtype-min (and are never None)."""
+    impl, has_window, per_type = layout
+    if impl == "eager":
+        full, window = (
+            None if m is None else torch.zeros(m.shape, dtype=dtype, device=m.device)
+            .masked_fill_(~m, torch.finfo(dtype).min)
+            for m in (full, window)
+        )  # fmt: skip
+    if per_type:
+        return {"full_attention": full, "sliding_attention": window}
+    return window if has_window is not None else full
+
+
+# ----------------------------------------------------------------------------------------------
 # The KV cache of the decoding rows
 
 
 class _Cache:
-    """Keys and values of the sequences decoding together, in the shape transformers' attention
-    layers call: update(k, v, layer) -> (all keys, all values) for the attention.
+    """Keys and values of the rows decoding together, in the shape transformers' attention layers
+    call: update(k, v, layer) -> (all keys, all values) for the attention.
 
-    Per layer, k[l] and v[l] are [rows, kv_heads, cols, head_dim]. Live rows are 0..B-1; row r
-    holds lens[r] tokens in columns [end - lens[r], end) (right-aligned, so one decode step writes
-    column `end` of every row). A decode step's attention sees the last max(lens) + 1 columns;
-    the row's 4D mask hides the columns before its own tokens (stale or zero). Columns are added
-    in chunks when `end` reaches the buffer's width; each repack also drops the columns no live
-    row needs any more. While `prefill` is a dict, update() only collects a prompt group's keys
-    and values (their attention is within the group).
+    Per layer, k[l] and v[l] are [rows, kv_heads, cols, head_dim]. Row r holds lens[r] tokens
+    in columns start[r] .. start[r] + lens[r] - 1 (a prompt keeps the columns of its left-padded
+    prefill group), so its token at position p is in column start[r] + p; a decode step writes
+    each row's new token at its own column start + lens (one index_put per layer) and the
+    attention reads the first `width` columns, the mask hiding the others. start, lens and the
+    fed tokens `ids` are device tensors updated in place, so a step needs nothing from the host
+    (and is the same kernels at every step of a given width: a CUDA graph). Columns are added in
+    chunks when a row needs them; rows leave and join without moving the others. While `prefill`
+    is a dict, update() only collects a prompt group's keys and values.
     """
 
-    def __init__(self, rows, chunk):
+    def __init__(self, rows, chunk, device):
         self.rows, self.chunk = rows, chunk
         self.k, self.v = [], []  # per layer [rows, kv_heads, cols, head_dim], made at first insert
-        self.lens = []  # tokens held by each live row
-        self.end = self.cols = 0  # next column to write; buffer width
+        self.cols = 0  # buffer width
+        self.allocations = 0  # times the buffers were (re)allocated: a CUDA graph holds addresses
         self.width = 0  # columns the current decode step's attention reads
+        self.start = torch.zeros(rows, dtype=torch.long, device=device)  # [rows]
+        self.lens = torch.zeros(rows, dtype=torch.long, device=device)  # [rows]
+        self.ids = torch.zeros(rows, dtype=torch.long, device=device)  # [rows] token fed next
+        self.write = None  # [n] column each computed row writes this step (start + lens)
         self.prefill = None  # {layer: (k, v)} while a prompt group is forwarded
 
     def update(self, k, v, layer, *args, **kwargs):
         if self.prefill is not None:
             self.prefill[layer] = (k, v)  # [n, kv_heads, P, head_dim]
             return k, v
-        B, end = len(self.lens), self.end
-        self.k[layer][:B, :, end] = k[:, :, 0]  # [B, kv_heads, head_dim]
-        self.v[layer][:B, :, end] = v[:, :, 0]
-        lo = end + 1 - self.width
-        return self.k[layer][:B, :, lo : end + 1], self.v[layer][:B, :, lo : end + 1]
+        n = k.shape[0]
+        K, V = self.k[layer], self.v[layer]
+        rows = torch.arange(n, device=k.device)
+        K[rows, :, self.write] = k[:, :, 0]  # [n, kv_heads, head_dim] at each row's own column
+        V[rows, :, self.write] = v[:, :, 0]
+        return K[:n, :, : self.width], V[:n, :, : self.width]
 
     def get_seq_length(self, layer=0):  # asked by some transformers versions; positions are given
-        return self.end
+        return self.width
 
-    def make_room(self, prompt_len=0):
-        """Ensure a prompt of prompt_len tokens fits in columns [end - prompt_len, end) and that
-        column `end` exists for the next decode step; repack (new buffer, live columns copied,
-        layer by layer) when not."""
-        if self.end >= prompt_len and self.end < self.cols:
+    def reserve(self, cols):
+        """At least `cols` columns (a multiple of chunk): a new buffer per layer, old columns
+        copied, the old layer freed before the next is made."""
+        if cols <= self.cols:
             return
-        live = max(self.lens, default=0)
-        new_end = max(live, prompt_len)
-        new_cols = new_end + self.chunk
+        new_cols = -(-cols // self.chunk) * self.chunk
         for bufs in (self.k, self.v):
             for i, old in enumerate(bufs):
-                new = old.new_zeros(self.rows, old.shape[1], new_cols, old.shape[3])
-                new[: len(self.lens), :, new_end - live : new_end] = old[
-                    : len(self.lens), :, self.end - live : self.end
-                ]
-                bufs[i] = new  # the old layer is freed before the next is allocated
-        self.end, self.cols = new_end, new_cols
+                new = old.new_zeros(*old.shape[:2], new_cols, old.shape[3])
+                new[:, :, : self.cols] = old
+                bufs[i] = new
+        self.cols = new_cols
+        self.allocations += 1
 
-    def insert(self, kv, lo, hi, p):
-        """Rows lo..hi-1 take a prompt of p tokens whose keys/values per layer are kv[l] =
-        (k, v) [kv_heads, p, head_dim] (the same prompt for every row: its samples)."""
+    def insert(self, slots, kv, src, P):
+        """Rows `slots` [m] take prompts of a prefill group of width P: kv[l] = (k, v)
+        [n, kv_heads, P, head_dim], row slots[i] the group's prompt src[i] (samples of one prompt
+        share it). One copy per layer."""
         if not self.k:  # first prompt: now the heads, head_dim, dtype and device are known
+            self.cols = -(-P // self.chunk) * self.chunk
+            self.allocations += 1
             for k, v in kv:
-                shape = (self.rows, k.shape[0], self.cols, k.shape[2])
+                shape = (self.rows, k.shape[1], self.cols, k.shape[3])
                 self.k.append(k.new_zeros(shape))
                 self.v.append(v.new_zeros(shape))
+        self.reserve(P)
         for (k, v), K, V in zip(kv, self.k, self.v):
-            K[lo:hi, :, self.end - p : self.end] = k  # broadcast over the rows
-            V[lo:hi, :, self.end - p : self.end] = v
-        self.lens[lo:hi] = [p] * (hi - lo)
+            K[slots, :, :P] = k[src]
+            V[slots, :, :P] = v[src]
 
-    def drop(self, done):
-        """Remove the rows in `done` (sorted): the last live rows move into the holes, so only
-        len(done) rows are copied. -> order: new row n was old row order[n]."""
-        B, Bn = len(self.lens), len(self.lens) - len(done)
-        gone = set(done)
-        holes = [r for r in done if r < Bn]
-        movers = [r for r in range(Bn, B) if r not in gone]
-        order = list(range(Bn))
-        if holes:
-            lo = self.end - max(self.lens[r] for r in movers)
-            dst = torch.tensor(holes, device=self.k[0].device)
-            src = torch.tensor(movers, device=self.k[0].device)
-            for buf in self.k + self.v:
-                buf[dst, :, lo : self.end] = buf[src, :, lo : self.end]
-            for h, m in zip(holes, movers):
-                self.lens[h], order[h] = self.lens[m], m
-        del self.lens[Bn:]
-        return order
+    def move(self, dst, src, width):
+        """Rows src [m] into rows dst [m], their first `width` columns (the K/V; the caller moves
+        the rest of a row's state)."""
+        for buf in self.k + self.v:
+            buf[dst, :, :width] = buf[src, :, :width]
+        for t in (self.start, self.lens, self.ids):
+            t[dst] = t[src]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,31 +498,12 @@ def _plain_head(model):
     return head
 
 
-def _attention_mask(allowed, model):
-    """[n, 1, q, kv] bool (True: may attend) in the form the model's attention takes it: sdpa
-    takes the bool mask, eager an additive one. transformers returns a 4D mask as given."""
-    impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    if impl == "sdpa":
-        return allowed
-    if impl == "eager":
-        dtype = next(model.parameters()).dtype
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-            ~allowed, torch.finfo(dtype).min
-        )
-    raise ValueError(
-        f"engine: attention implementation {impl!r} is not supported (sdpa or eager); load the "
-        "model with attn_implementation='sdpa'"
-    )
-
-
-def _forward(model, head, cache, input_ids, position_ids, allowed, out):
+def _forward(model, head, cache, input_ids, position_ids, mask, out):
     """One forward of input_ids [n, q] at position_ids [n, q] through the cache; the logits of
     every row's last position go into out [n, V] (no vocabulary-sized tensor per step when the
     head is plain)."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    kw = {name: cache}
-    kw.update(input_ids=input_ids, position_ids=position_ids, use_cache=True)
-    kw["attention_mask"] = _attention_mask(allowed, model)
+    kw = dict(input_ids=input_ids, position_ids=position_ids, use_cache=True, attention_mask=mask)
+    kw[_cache_argument(type(model.base_model))] = cache
     if head is None:
         out.copy_(model(**kw, logits_to_keep=1).logits[:, -1])
         return
@@ -363,36 +516,113 @@ def _forward(model, head, cache, input_ids, position_ids, allowed, out):
         torch.addmm(head.bias, h, head.weight.t(), out=out)
 
 
-def _prefill(model, head, cache, prompts, pad_id):
-    """Forward a group of prompts (lists of token ids), left-padded to the longest. -> per prompt
-    ([(k, v) per layer, each [kv_heads, p, head_dim]], next-token logits [V])."""
+@functools.lru_cache(maxsize=None)
+def _cache_argument(cls):
+    """The name the model's forward takes its KV cache under (transformers 4.x and 5.x)."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def _prefill(model, head, cache, layout, prompts, pad_id):
+    """Forward a group of prompts (lists of token ids), left-padded to the longest, P. -> ([(k, v)
+    per layer, each [n, kv_heads, P, head_dim]], next-token logits [n, V], P). Without padding
+    (and no window shorter than P) the full-attention layers get no mask: causal attention."""
     device = model_device(model)
     P = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (P - len(p)) + list(p) for p in prompts], device=device)
-    lens = torch.tensor([len(p) for p in prompts], device=device)  # [n]
+    ids = _to_device([[pad_id] * (P - len(p)) + list(p) for p in prompts], device)  # [n, P]
+    first = _to_device([P - len(p) for p in prompts], device)  # [n] first real column
     cols = torch.arange(P, device=device)
-    real = cols[None, :] >= (P - lens)[:, None]  # [n, P] not padding
-    pos = (real.long().cumsum(-1) - 1).clamp_min_(0)  # [n, P] positions as transformers gives
-    causal = cols[None, :] <= cols[:, None]  # [P, P]
-    # a padding query attends only to itself, so no row is fully masked (no NaN in the cache)
-    allowed = (causal & real[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)
+    pos = (cols[None, :] - first[:, None]).clamp_min_(0)  # [n, P] positions as transformers gives
+    impl, window, _ = layout
+    padded = any(len(p) < P for p in prompts)
+    causal = cols[None, :] <= cols[:, None]  # [P, P] query row, key column
+    full = sliding = None
+    if padded or impl == "eager":
+        # a padding query attends only to itself, so no row is fully masked (no NaN in the cache)
+        full = causal & (cols[None, None, :] >= first[:, None, None]) | torch.eye(
+            P, dtype=torch.bool, device=device
+        )  # [n, P, P]
+        full = full[:, None]  # [n, 1, P, P]
+    if window is not None and (full is not None or P > window):
+        band = cols[:, None] - cols[None, :] < window  # [P, P] the last `window` positions
+        sliding = (causal[None, None] if full is None else full) & band  # [n or 1, 1, P, P]
     V = head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
     dtype = next(model.parameters()).dtype
     logits = torch.empty(len(prompts), V, device=device, dtype=dtype)  # [n, V]
     cache.prefill = {}
     try:
-        _forward(model, head, cache, ids, pos, allowed[:, None], logits)
+        _forward(model, head, cache, ids, pos, _mask_argument(layout, dtype, full, sliding), logits)
         kv = [cache.prefill[layer] for layer in sorted(cache.prefill)]
     finally:
         cache.prefill = None
-    return [
-        ([(k[i, :, P - len(p) :], v[i, :, P - len(p) :]) for k, v in kv], logits[i])
-        for i, p in enumerate(prompts)
-    ]
+    return kv, logits, P
+
+
+def _decode_forward(model, head, cache, layout, rows, out):
+    """One decode step's forward for rows 0..rows-1: each feeds cache.ids at its position (lens)
+    into its own column, the attention reads cache.width columns; logits into out [rows, V].
+    Device tensors only: the same kernels at every step of a given (rows, width), which is
+    what a CUDA graph captures."""
+    start, lens = cache.start[:rows, None], cache.lens[:rows, None]  # [rows, 1]
+    cache.write = (start + lens)[:, 0]  # [rows]
+    c = torch.arange(cache.width, device=start.device)  # [W]
+    full = (c >= start) & (c <= start + lens)  # [rows, W] the row's tokens and the new one
+    sliding = None
+    if layout[1] is not None:
+        sliding = full & (c > start + lens - layout[1])  # [rows, W] its last `window` positions
+        sliding = sliding[:, None, None]
+    dtype = out.dtype
+    mask = _mask_argument(layout, dtype, full[:, None, None], sliding)
+    _forward(model, head, cache, cache.ids[:rows, None], lens, mask, out)
+
+
+class _Graphs:
+    """CUDA graphs of the decode forward, one per (rows, width) bucket: captured at its first
+    step (after one eager warm-up run of the same step, whose writes the replay repeats: same
+    tokens, same columns) and replayed after. They share one memory pool (they never run at once
+    and write their results into buffers outside it) and are dropped when the cache's buffers
+    are reallocated (their addresses are in the graphs). A capture that fails turns graphs off
+    for the call, with one warning; the step then runs eagerly."""
+
+    def __init__(self):
+        self.graphs, self.pool, self.off, self.buffers = {}, None, False, None
+
+    def run(self, key, fn, buffers):
+        """fn() as the graph of `key`; buffers: the cache's allocation count (a change drops
+        every graph)."""
+        if self.off:
+            return fn()
+        if buffers != self.buffers:
+            self.graphs, self.buffers = {}, buffers
+        g = self.graphs.get(key)
+        if g is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()  # warm-up: this step's result
+            torch.cuda.current_stream().wait_stream(side)
+            try:
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=self.pool):
+                    fn()
+            except Exception as e:  # noqa: BLE001 - a forward that needs the host: run eagerly
+                self.off = True
+                msg = " ".join(str(e).split())[:200]
+                warnings.warn(
+                    f"engine: CUDA graph capture failed ({msg}); decoding eagerly", stacklevel=2
+                )
+                return
+            self.pool, self.graphs[key] = g.pool(), g
+        g.replay()
 
 
 # ----------------------------------------------------------------------------------------------
 # The decode loop
+
+CUDA_GRAPHS = True  # decode steps on CUDA as CUDA graphs (_Graphs); False: eager
+# decode steps between the host's reads of which rows finished: on CUDA the GPU runs ahead of the
+# host meanwhile (rows that finished are computed and ignored until the read); on CPU a read
+# costs nothing, and a finished row computed for nothing costs a row's step
+SYNC_EVERY = {"cuda": 8, "cpu": 1}
 
 
 def _groups(items, lengths, budget):
@@ -408,79 +638,171 @@ def _groups(items, lengths, budget):
     return groups
 
 
-def _decode(model, prompts, num_samples, caps, batch_size, greedy, temperature, eos_ids, pad_id,
-            chunk=256, prefill_tokens=16384, bar=None):  # fmt: skip
+def _to_device(values, device):
+    """A long tensor of a Python list on device; on CUDA through pinned memory without waiting
+    (the host does not sync with the GPU for it)."""
+    t = torch.tensor(values, dtype=torch.long)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def _decode(model, *args, **kwargs):
+    """_continuous_batching with the engine's attention (_engine_attention)."""
+    with _engine_attention(model):
+        return _continuous_batching(model, *args, **kwargs)
+
+
+def _continuous_batching(model, prompts, num_samples, caps, batch_size, greedy, temperature,
+                         eos_ids, pad_id, chunk=256, prefill_tokens=16384, bar=None,
+                         sync_every=None):  # fmt: skip
     """Continuous batching over the sequences (prompt i, sample s), in prompt-major order.
     prompts: token-id lists; caps[i]: new tokens allowed to prompt i's samples. chunk: KV
-    columns added at a time; prefill_tokens: padded prompt tokens per prefill forward.
-    -> (per sequence (tokens, finished, entropy sum or None), stats)."""
+    columns added at a time; prefill_tokens: padded prompt tokens per prefill forward;
+    sync_every: decode steps between the host's reads of which rows finished (default
+    SYNC_EVERY[device type]). -> (per sequence (tokens, finished, entropy sum or None), stats).
+
+    A decode step runs on the device alone: pick every row's token (argmax or
+    sample_categorical), append it to the row's token buffer, mark rows that met an EOS or their
+    cap, feed the tokens (one forward). Every sync_every steps the host reads which rows
+    finished (one copy; one more for their tokens): their sequences are complete, the last live
+    rows move into their places (rows 0..B-1 stay the live ones) and waiting sequences take the
+    free rows: their prompts prefilled in groups and inserted one copy per layer per group. Rows
+    that finished since the last read are computed and ignored until then. On CUDA the rows and
+    columns computed are rounded up (rows to a power of two, columns to a chunk) so that few
+    shapes occur, each a CUDA graph (_Graphs)."""
     device = model_device(model)
-    head, eos = _plain_head(model), set(eos_ids)
-    n = len(prompts) * num_samples
-    cache = _Cache(rows=min(batch_size, n), chunk=min(chunk, max(caps)))
+    cuda = device.type == "cuda"
+    sync_every = sync_every or SYNC_EVERY.get(device.type, 1)
+    layout = _attention_layout(model)
+    head = _plain_head(model)
+    n, T = len(prompts) * num_samples, max(caps)
+    R = min(batch_size, n)
+    cache = _Cache(R, chunk, device)
+    graphs = _Graphs() if cuda and CUDA_GRAPHS and rope_length_limit(model) is None else None
+    eos = _to_device(eos_ids, device)
+    # per row, on the device: its generated tokens (and one spill column where finished rows
+    # write), their count, the row's cap, whether it is live, its entropy sum
+    tokens = torch.zeros(R, T + 1, dtype=torch.long, device=device)  # [R, T + 1]
+    count = torch.zeros(R, dtype=torch.long, device=device)  # [R]
+    cap = torch.zeros(R, dtype=torch.long, device=device)  # [R]
+    live = torch.zeros(R, dtype=torch.bool, device=device)  # [R]
+    entropy = torch.zeros(R, dtype=torch.float64, device=device)  # [R]
+    logits = None  # [R, V] each row's next-token logits
     waiting = deque(range(n))  # sequence j: prompt j // num_samples
-    rows = []  # the sequence in each live row of the cache
-    tokens, entropy = [[] for _ in range(n)], [0.0] * n
-    finished = [False] * n
-    stored = {}  # prompt -> its prefill, kept while some of its samples wait
-    buf = None  # [rows, V] next-token logits of the live rows
-    stats = {"decode_steps": 0, "row_steps": 0, "prefill_tokens": 0, "peak_cols": 0}
-    while waiting or rows:
-        # 1. admit waiting sequences into the free rows (prefill the prompts not yet forwarded)
-        new = [waiting.popleft() for _ in range(min(len(waiting), cache.rows - len(rows)))]
-        todo = list(dict.fromkeys(j // num_samples for j in new if j // num_samples not in stored))
-        for group in _groups(todo, [len(prompts[i]) for i in todo], prefill_tokens):
-            kv_logits = _prefill(model, head, cache, [prompts[i] for i in group], pad_id)
-            stored.update(zip(group, kv_logits))
-            stats["prefill_tokens"] += sum(len(prompts[i]) for i in group)
-        if new:
-            cache.make_room(max(len(prompts[j // num_samples]) for j in new))
-        for j in new:  # consecutive samples of a prompt could be one insert; rows are few
-            i, r = j // num_samples, len(rows)
-            kv, logits = stored[i]
-            if buf is None:
-                buf = logits.new_empty(cache.rows, logits.shape[-1])
-            cache.insert(kv, r, r + 1, len(prompts[i]))
-            buf[r] = logits
-            rows.append(j)
-            if j % num_samples == num_samples - 1:  # its last sample: the prefill is not needed
-                del stored[i]
-        B = len(rows)
-        # 2. pick every live row's next token
+    seq = [None] * R  # host: the sequence in each row (None: free)
+    top = [0] * R  # host: a row's last column (start + tokens held) minus the steps before it came
+    groups, stored = {}, {}  # prefill groups {id: (kv, logits, P, samples left)}, prompt -> place
+    outs = [None] * n
+    stats = {"decode_steps": 0, "row_steps": 0, "prefill_tokens": 0, "prefill_groups": 0,
+             "peak_cols": 0, "host_syncs": 0, "graphs": 0}  # fmt: skip
+    B = step = 0  # live rows (as the host knows them), decode steps so far
+    while True:
+        if waiting and B < R:
+            # 1. waiting sequences take the free rows; their prompts are prefilled in groups
+            new = [waiting.popleft() for _ in range(min(len(waiting), R - B))]
+            todo = list(dict.fromkeys(j // num_samples for j in new))
+            todo = [i for i in todo if i not in stored]
+            for group in _groups(todo, [len(prompts[i]) for i in todo], prefill_tokens):
+                kv, lg, P = _prefill(model, head, cache, layout, [prompts[i] for i in group],
+                                     pad_id)  # fmt: skip
+                gid = stats["prefill_groups"] = stats["prefill_groups"] + 1
+                groups[gid] = [kv, lg, P, len(group) * num_samples]
+                stored.update({i: (gid, k) for k, i in enumerate(group)})
+                stats["prefill_tokens"] += sum(len(prompts[i]) for i in group)
+            slots = dict(zip(new, range(B, B + len(new))))  # sequence -> its row
+            state = {}  # row -> (start, prompt length, cap)
+            for gid in dict.fromkeys(stored[j // num_samples][0] for j in new):
+                kv, lg, P, _ = groups[gid]
+                if logits is None:
+                    logits = lg.new_empty(R, lg.shape[-1])  # [R, V]
+                mine = [j for j in new if stored[j // num_samples][0] == gid]
+                rows_t = _to_device([slots[j] for j in mine], device)
+                src_t = _to_device([stored[j // num_samples][1] for j in mine], device)
+                cache.insert(rows_t, kv, src_t, P)  # one copy per layer for the group
+                logits[rows_t] = lg[src_t]
+                for j in mine:
+                    p = len(prompts[j // num_samples])
+                    state[slots[j]] = (P - p, p, caps[j // num_samples])
+                groups[gid][3] -= len(mine)
+                if groups[gid][3] == 0:  # every sample of the group's prompts has a row
+                    del groups[gid]
+            for j in new:
+                if j % num_samples == num_samples - 1:  # its prompt's last sample has a row
+                    del stored[j // num_samples]
+            rows_t = _to_device(list(state), device)
+            st = _to_device(list(state.values()), device)  # [m, 3]
+            cache.start[rows_t], cache.lens[rows_t], cap[rows_t] = st[:, 0], st[:, 1], st[:, 2]
+            count[rows_t], live[rows_t], entropy[rows_t] = 0, True, 0.0
+            for j, r in slots.items():
+                seq[r], top[r] = j, sum(state[r][:2]) - step
+            B += len(new)
+        if not B:
+            break
+        # 2. every row's next token, on the device: appended, and rows that met an EOS (kept in
+        # the completion) or their cap stop
+        rows = min(R, 1 << (B - 1).bit_length()) if graphs is not None else B
+        lg = logits[:rows]  # [rows, V]
         if greedy:
-            nxt, h = buf[:B].argmax(-1).tolist(), None  # [B]
+            tok = lg.argmax(-1)  # [rows]
         else:
-            nxt, h = sample_categorical(buf[:B], temperature)
-            nxt, h = nxt.tolist(), h.tolist()
-        # 3. rows whose sequence ended (EOS, kept in the completion, or its cap) leave the batch
-        done = []
-        for r, j in enumerate(rows):
-            tokens[j].append(nxt[r])
-            if h is not None:
-                entropy[j] += h[r]
-            finished[j] = nxt[r] in eos
-            if finished[j] or len(tokens[j]) >= caps[j // num_samples]:
-                done.append(r)
-        if done:
-            order = cache.drop(done)
-            rows = [rows[r] for r in order]
-            if bar is not None:
-                bar.update(len(done))
-        if not rows:
-            continue
-        # 4. one forward for the live rows: each feeds its last token at its own position
-        cache.make_room()
-        lens = torch.tensor(cache.lens, device=device)  # [B] tokens before the new one
-        cache.width = max(cache.lens) + 1
-        allowed = torch.arange(cache.width, device=device) >= (cache.width - 1 - lens)[:, None]
-        ids = torch.tensor([tokens[j][-1] for j in rows], device=device)[:, None]  # [B, 1]
-        _forward(model, head, cache, ids, lens[:, None], allowed[:, None, None], buf[: len(rows)])
-        cache.end += 1
-        cache.lens = [x + 1 for x in cache.lens]
+            tok, h = sample_categorical(lg, temperature)  # [rows], [rows] float64
+        alive = live[:rows]
+        tokens[torch.arange(rows, device=device), count[:rows]] = tok
+        count[:rows] += alive
+        if not greedy:
+            entropy[:rows] += torch.where(alive, h, 0.0)
+        alive &= ~(torch.isin(tok, eos) | (count[:rows] >= cap[:rows]))
+        cache.ids[:rows] = tok
+        if step % sync_every == 0:
+            # 3. the host reads which rows finished: their sequences are complete, the last live
+            # rows move into their places (rows 0..B-1 stay the live ones)
+            stats["host_syncs"] += 1
+            flags = torch.stack([live[:B].long(), count[:B]]).tolist()  # [2, B]
+            done = [r for r in range(B) if not flags[0][r]]
+            if done:
+                idx = _to_device(done, device)
+                got = tokens[idx, : max(flags[1][r] for r in done)].tolist()
+                h = None if greedy else entropy[idx].tolist()
+                stats["host_syncs"] += 1 + (not greedy)
+                for i, r in enumerate(done):
+                    toks = got[i][: flags[1][r]]
+                    outs[seq[r]] = (toks, toks[-1] in eos_ids, None if greedy else h[i])
+                    seq[r] = None
+                if bar is not None:
+                    bar.update(len(done))
+                keep = [r for r in range(B) if seq[r] is not None]
+                B = len(keep)
+                src = [r for r in keep if r >= B]
+                dst = [r for r in range(B) if seq[r] is None]
+                if src:
+                    s, d = _to_device(src, device), _to_device(dst, device)
+                    cache.move(d, s, max(top[b] for b in src) + step)  # their columns so far
+                    for t in (tokens, count, cap, live, entropy):
+                        t[d] = t[s]
+                    for a, b in zip(dst, src):
+                        seq[a], top[a], seq[b] = seq[b], top[b], None
+                cache.start[B:] = 0  # free rows attend to column 0 only: never a masked-out row
+                cache.lens[B:] = 0
+                if not B:
+                    continue
+                rows = min(R, 1 << (B - 1).bit_length()) if graphs is not None else B
+        # 4. one forward: each row feeds its token into its own column
+        width = max(top[:B]) + step + 1  # columns the longest live row needs, its new token too
+        if graphs is not None:
+            width = -(-width // chunk) * chunk
+        cache.reserve(width)
+        cache.width = width
+        fwd = functools.partial(_decode_forward, model, head, cache, layout, rows, logits[:rows])
+        if graphs is None:
+            fwd()
+        else:
+            graphs.run((rows, width), fwd, cache.allocations)
+            stats["graphs"] = max(stats["graphs"], len(graphs.graphs))
+        cache.lens[:rows] += live[:rows]
+        step += 1
         stats["decode_steps"] += 1
-        stats["row_steps"] += len(rows)
+        stats["row_steps"] += rows
         stats["peak_cols"] = max(stats["peak_cols"], cache.cols)
-    return [(tokens[j], finished[j], None if greedy else entropy[j]) for j in range(n)], stats
+    return [(t, f, None if greedy else h) for t, f, h in outs], stats
 
 
 def generate(
@@ -511,7 +833,8 @@ def generate(
     batch_size: sequences decoding together (the KV cache holds batch_size rows, as long as the
     longest live row). Sampling draws from torch's global RNG: reproducible for a seed, but not
     the same draws as transformers' generate. stats: a dict to receive decode_steps, row_steps
-    (rows computed, summed over steps), prefill_tokens and peak_cols (KV buffer width).
+    (rows computed, summed over steps), prefill_tokens, peak_cols (KV buffer width), host_syncs
+    (the host's reads of device values in the decode loop) and graphs (CUDA graphs captured).
     """
     if num_samples < 0 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(
@@ -545,6 +868,7 @@ def generate(
         max_new_tokens if max_seq_len is None else min(max_new_tokens, max_seq_len - len(ids))
         for ids in encoded
     ]
+    check_generation_support(model, max(len(ids) + c - 1 for ids, c in zip(encoded, caps)))
 
     was_training = model.training
     gen_model = _generation_model(model)

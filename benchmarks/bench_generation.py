@@ -1,62 +1,53 @@
-"""Benchmark: the generation engine (engine.generate) on a real pretrained model, on this machine.
+"""Benchmark: the generation engine (engine.generate) against transformers' generate, on a real
+pretrained model, greedy, on a ragged workload (completions that end at different lengths).
 
-    python benchmarks/bench_generation.py --model /work/smollm2 --lock /work/cpu.lock
-    python benchmarks/bench_generation.py --model DIR --sections ragged,cap --ragged-prompts 16
+    flock -x /tmp/cpu.lock python benchmarks/bench_generation.py --model DIR
+    python benchmarks/bench_generation.py --model DIR --lock /tmp/cpu.lock --sections compile,cap
 
-The model should stop on its own (SmolLM2-135M-Instruct: ../shared/tools/make_smollm2.py builds
-it offline): random-weight models never stop and their cost is the vocabulary head. Prompts: the
-first GSM8K test problems (tests/data/gsm8k_test.jsonl) in the chat template (data.chat_prompt).
-Sections, all in one run (ratios are taken within it):
+The model must stop on its own (SmolLM2-135M-Instruct, a real pretrained model, on the
+development machine): random-weight models never stop. Prompts: the first --prompts GSM8K test
+problems (tests/data/gsm8k_test.jsonl) in the chat template (data.chat_prompt); completions up to
+--cap tokens, --batch-size sequences decoding together in both methods:
+  generate  transformers' model.generate in fixed batches of --batch-size (left-padded, its
+            dynamic cache): a batch runs until its slowest row ends;
+  engine    engine.generate (continuous batching).
+Useful tokens: each completion up to and including its first EOS. Greedy completions are
+compared token for token. Host syncs per decode step are counted by a hook during an untimed
+engine call (cap 128): device-to-host reads (Tensor.tolist/item/cpu/numpy, bool/int/float of a
+tensor) and tensors built from host lists on a device (torch.tensor(..., device=...)), both of
+which make the host wait for a GPU; divided by the engine's decode steps; with the host's reads
+every step (CPU's setting) and every SYNC_EVERY["cuda"] steps (CUDA's).
+--sections (default ragged; the sections not run stay in --output as they were):
+  ragged   the above;
+  compile  the engine with its decode forward under torch.compile(dynamic=True) against the
+           eager engine, on --compile-prompts prompts (the compile time reported apart);
+  cap      the prompts whose completions ended before --cap (in the ragged section) rerun at
+           max_new_tokens 4096: the cost of a high cap that is not used.
 
-  ragged   greedy, cap --ragged-cap (768), --ragged-prompts (64) prompts, --batch-size (32) rows:
-           transformers' `generate` in fixed batches (dynamic cache; what a new user would call),
-           the engine before this change (--before-ref: static cache sized to the cap, fixed
-           batches that wait for their slowest row), transformers' continuous batching
-           (`generate_batch`, paged attention) and engine.generate. Useful tokens: each
-           completion up to and including its first EOS (or all its tokens at the cap).
-           Greedy completions are compared token for token with `generate`'s.
-  cap      the same prompts' completions that ended before the cap (the first --cap-prompts of
-           them): engine.generate at max_new_tokens 4096 and 768 (same completions), and with
-           --cap-before the engine before this change for contrast.
-  entropy  the sampler with the entropy (sample_categorical) against the sampler before this
-           change (no entropy) on the same [B, V] logits, for this model's vocabulary and
-           Qwen's 151,936; and the time per decode step of a sampled generation, for scale.
-  step     whole hdpo.py steps at --max-new-tokens 4096 (default --step-args), before (a
-           `git archive` of --before-ref) and after (this tree), each in its own process; times
-           from its metrics.jsonl.
-
-Threads: torch.set_num_threads(--threads) here and OMP_NUM_THREADS=--threads,
-OMP_WAIT_POLICY=PASSIVE in the children. --lock FILE: each timed measurement holds an exclusive
-flock on FILE (others' jobs run between measurements, none during one). Results: --output
-(benchmarks/bench_generation_results.json).
+Threads: torch.set_num_threads(--threads). --lock FILE: each timed run holds an exclusive flock
+on FILE. Results: --output (benchmarks/results/bench_generation.json).
 """
 
 import argparse
 import contextlib
 import fcntl
-import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 sys.path.insert(0, HERE)
 
-LOCK = None
-
 
 @contextlib.contextmanager
-def locked():
-    """Hold the exclusive lock (if any) for one measurement."""
-    if LOCK is None:
+def locked(path):
+    """An exclusive flock on path for one timed run (nothing when path is None)."""
+    if path is None:
         yield
         return
-    with open(LOCK, "a") as f:
+    with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -64,29 +55,11 @@ def locked():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def timed(fn):
-    with locked():
+def timed(lock, fn):
+    with locked(lock):
         t = time.perf_counter()
         out = fn()
         return out, time.perf_counter() - t
-
-
-def git_export(ref, dest):
-    """The repository at `ref` (git archive) in dest."""
-    data = subprocess.run(["git", "archive", ref], cwd=HERE, check=True, capture_output=True).stdout
-    path = os.path.join(dest, "tree.tar")
-    with open(path, "wb") as f:
-        f.write(data)
-    with tarfile.open(path) as t:
-        t.extractall(dest, filter="data")
-    return dest
-
-
-def import_from(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def gsm8k_prompts(tok, n):
@@ -102,57 +75,70 @@ def cut_at_eos(toks, eos):
     return toks if t is None else toks[: t + 1]
 
 
-# ----------------------------------------------------------------------------------------------
-# Generation methods: prompts (strings) -> completions (token lists, EOS-inclusive), greedy
-
-
 def hf_generate(model, tok, prompts, cap, batch, eos):
+    """transformers' generate, greedy, in fixed batches. -> completions (EOS-inclusive)."""
     import torch
 
     tok.padding_side = "left"
     outs = []
     for b in range(0, len(prompts), batch):
-        enc = tok(
-            prompts[b : b + batch], return_tensors="pt", padding=True, add_special_tokens=False
-        )
+        enc = tok(prompts[b : b + batch], return_tensors="pt", padding=True,
+                  add_special_tokens=False)  # fmt: skip
         with torch.no_grad():
-            g = model.generate(
-                **enc,
-                do_sample=False,
-                max_new_tokens=cap,
-                eos_token_id=list(eos),
-                pad_token_id=tok.pad_token_id,
-                top_k=None,
-                top_p=None,
-                temperature=None,
-            )
+            g = model.generate(**enc, do_sample=False, max_new_tokens=cap, eos_token_id=list(eos),
+                               pad_token_id=tok.pad_token_id, top_k=None, top_p=None,
+                               temperature=None)  # fmt: skip
         outs += [cut_at_eos(r, eos) for r in g[:, enc.input_ids.shape[1] :].tolist()]
     return outs
 
 
-def hf_generate_batch(model, tok, prompts, cap, batch, eos):
-    import torch
-    from transformers import ContinuousBatchingConfig, GenerationConfig
+def engine_generate(model, tok, prompts, cap, batch, eos, stats=None):
+    import engine
 
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    pages = -(-(max(map(len, ids)) + cap) // 256)
-    cb = ContinuousBatchingConfig(num_blocks=batch * pages + 8, max_requests_per_batch=batch)
-    gc = GenerationConfig(
-        do_sample=False, max_new_tokens=cap, eos_token_id=list(eos), pad_token_id=tok.pad_token_id
-    )
-    with torch.no_grad():
-        res = model.generate_batch(
-            ids, generation_config=gc, continuous_batching_config=cb, progress_bar=False
-        )
-    by_index = sorted(res.items(), key=lambda kv: int(kv[0].rsplit("_", 1)[-1]))
-    return [cut_at_eos(list(v.generated_tokens), eos) for _, v in by_index]
-
-
-def engine_generate(engine, model, tok, prompts, cap, batch, eos):
-    outs = engine.generate(
-        model, tok, prompts, greedy=True, max_new_tokens=cap, batch_size=batch, eos_ids=eos
-    )
+    outs = engine.generate(model, tok, prompts, greedy=True, max_new_tokens=cap, batch_size=batch,
+                           eos_ids=eos, stats=stats)  # fmt: skip
     return [o["completion_ids"] for o in outs]
+
+
+@contextlib.contextmanager
+def count_host_syncs():
+    """Count, while active, the calls that make the host wait for a GPU: device-to-host reads
+    and tensors built on a device from host data. -> a dict {"reads": n, "builds": n}."""
+    import torch
+
+    counts = {"reads": 0, "builds": 0}
+    saved = {}
+
+    def reader(name):
+        orig = saved[name] = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, **kw):
+            counts["reads"] += 1
+            return orig(self, *a, **kw)
+
+        return wrapped
+
+    def builder(name):
+        orig = saved[name] = getattr(torch, name)
+
+        def wrapped(*a, **kw):
+            counts["builds"] += kw.get("device") is not None
+            return orig(*a, **kw)
+
+        return wrapped
+
+    reads = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__")
+    for name in reads:
+        setattr(torch.Tensor, name, reader(name))
+    for name in ("tensor", "as_tensor"):
+        setattr(torch, name, builder(name))
+    try:
+        yield counts
+    finally:
+        for name in reads:
+            setattr(torch.Tensor, name, saved[name])
+        for name in ("tensor", "as_tensor"):
+            setattr(torch, name, saved[name])
 
 
 def compare(outs, ref):
@@ -168,303 +154,183 @@ def compare(outs, ref):
     return {"identical": same, "of": len(ref), "first_difference_at": first_diff}
 
 
-# ----------------------------------------------------------------------------------------------
-# Sections
+def host_syncs_per_step(model, tok, prompts, batch, eos, cap=128, engine_module=None):
+    """The hook's counts during an (untimed) engine call on the ragged prompts at a cap of 128,
+    per decode step; engine_module: another engine module to count (the default: engine)."""
+    import engine
+
+    stats, mod = {}, engine_module or engine
+    with count_host_syncs() as counts:
+        mod.generate(model, tok, prompts, greedy=True, max_new_tokens=cap, batch_size=batch,
+                     eos_ids=eos, stats=stats)  # fmt: skip
+    steps = stats["decode_steps"]
+    res = {"reads": counts["reads"] / steps, "builds_on_device": counts["builds"] / steps}
+    res["engine_count"] = stats.get("host_syncs", float("nan")) / steps
+    res = {k: round(v, 3) for k, v in res.items()}
+    return {**res, "decode_steps": steps, "cap": cap, "sequences": len(prompts)}
 
 
-def section_ragged(a, model, tok, engine, before, eos, R):
-    prompts = gsm8k_prompts(tok, a.ragged_prompts)
-    methods = {
-        "hf_generate": lambda: hf_generate(model, tok, prompts, a.ragged_cap, a.batch_size, eos),
-        "engine_before": lambda: engine_generate(
-            before, model, tok, prompts, a.ragged_cap, a.batch_size, eos
-        ),
-        "hf_generate_batch": lambda: hf_generate_batch(
-            model, tok, prompts, a.ragged_cap, a.batch_size, eos
-        ),
-        "engine": lambda: engine_generate(
-            engine, model, tok, prompts, a.ragged_cap, a.batch_size, eos
-        ),
-    }
-    res, outs = {}, {}
-    for name, fn in methods.items():
-        if name not in a.methods:
-            continue
-        print(f"[ragged] {name} ...", flush=True)
-        try:
-            outs[name], dt = timed(fn)
-        except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
-            res[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-            continue
-        useful = sum(map(len, outs[name]))
-        res[name] = {
-            "wall_s": round(dt, 2),
-            "useful_tokens": useful,
-            "useful_tokens_per_s": round(useful / dt, 2),
-        }
-        print(f"[ragged] {name}: {res[name]}", flush=True)
-    if "hf_generate" in outs:
-        ref, base = outs["hf_generate"], res["hf_generate"]["useful_tokens_per_s"]
-        for name in outs:
-            res[name]["vs_hf_generate"] = round(res[name]["useful_tokens_per_s"] / base, 2)
-            if name != "hf_generate":
-                res[name]["greedy_vs_hf_generate"] = compare(outs[name], ref)
-    ref = outs.get("engine") or next(iter(outs.values()), [])
-    lens = [len(c) for c in ref]
-    res["completion_lengths"] = lens
-    res["ended_before_cap"] = sum(1 for c in ref if c and c[-1] in eos)
-    R["ragged"] = {
+def ragged(a, model, tok, eos):
+    """Rounds of (generate, engine) on the same prompts; the engine's host syncs, counted."""
+    prompts = gsm8k_prompts(tok, a.prompts)
+    rounds = []
+    for k in range(a.rounds):
+        print(f"[ragged] round {k + 1}: generate ...", flush=True)
+        ref, t_hf = timed(
+            a.lock, lambda: hf_generate(model, tok, prompts, a.cap, a.batch_size, eos)
+        )
+        print(f"[ragged] round {k + 1}: generate {t_hf:.1f} s; engine ...", flush=True)
+        stats = {}
+        outs, t_eng = timed(
+            a.lock,
+            lambda st=stats: engine_generate(model, tok, prompts, a.cap, a.batch_size, eos, st),
+        )
+        useful = sum(map(len, outs))
+        rounds.append({
+            "generate_s": round(t_hf, 2), "engine_s": round(t_eng, 2),
+            "useful_tokens": useful, "generate_useful_tokens": sum(map(len, ref)),
+            "engine_over_generate": round(t_hf / t_eng, 3),
+            "greedy_vs_generate": compare(outs, ref), "engine_stats": stats,
+        })  # fmt: skip
+        print(f"[ragged] round {k + 1}: {rounds[-1]}", flush=True)
+    import engine
+
+    syncs = {"cpu": host_syncs_per_step(model, tok, prompts, a.batch_size, eos)}
+    saved = dict(engine.SYNC_EVERY)
+    engine.SYNC_EVERY["cpu"] = engine.SYNC_EVERY["cuda"]  # the host's reads as on CUDA
+    try:
+        syncs["reads_every_%d_steps_as_on_cuda" % saved["cuda"]] = host_syncs_per_step(
+            model, tok, prompts, a.batch_size, eos
+        )
+    finally:
+        engine.SYNC_EVERY.update(saved)
+    ratios = sorted(r["engine_over_generate"] for r in rounds)
+    return {
         "setting": {
             "prompts": len(prompts),
-            "cap": a.ragged_cap,
+            "cap": a.cap,
             "batch_size": a.batch_size,
             "greedy": True,
-        },
-        **res,
+        },  # fmt: skip
+        "rounds": rounds,
+        "engine_over_generate_median": ratios[len(ratios) // 2],
+        "completion_lengths": [len(c) for c in outs],
+        "ended_before_cap": [i for i, c in enumerate(outs) if c and c[-1] in eos],
+        "host_syncs_per_decode_step": syncs,
     }
-    return prompts, ref
 
 
-def section_cap(a, model, tok, engine, before, eos, R, prompts, ref):
-    """Completions that end early: the cost of a cap of 4096 against 768."""
-    early = [p for p, c in zip(prompts, ref) if c and c[-1] in eos and len(c) < 768]
-    early = early[: a.cap_prompts]
-    res = {"setting": {"prompts": len(early), "batch_size": a.batch_size, "greedy": True}}
-    if not early:  # every completion ran to the ragged cap: nothing to measure
-        res["error"] = "no completion ended before the cap in the ragged section"
-        R["cap"] = res
-        return
-    outs = {}
-    for label, mod in (("engine", engine), ("engine_before", before)):
-        if label not in a.methods or (label == "engine_before" and not a.cap_before):
-            continue
-        for cap in (768, 4096):
-            print(f"[cap] {label} {cap} ...", flush=True)
-            outs[label, cap], dt = timed(
-                lambda mod=mod, cap=cap: engine_generate(
-                    mod, model, tok, early, cap, a.batch_size, eos
-                )
-            )
-            res[f"{label}_{cap}_s"] = round(dt, 2)
-        res[f"{label}_ratio_4096_vs_768"] = round(res[f"{label}_4096_s"] / res[f"{label}_768_s"], 3)
-        res[f"{label}_same_completions"] = outs[label, 768] == outs[label, 4096]
-        print(f"[cap] {res}", flush=True)
-    res["useful_tokens"] = sum(map(len, outs.get(("engine", 768), [])))
-    R["cap"] = res
-
-
-def old_sampler(logits, temperature=1.0, block=128):
-    """The sampler before this change (no entropy), for the cost comparison."""
+def compile_check(a, model, tok, eos):
+    """The engine with its decode forward compiled (torch.compile, dynamic shapes) against the
+    eager engine: ms per decode step (the difference of a long and a short run over the
+    difference of their steps), the compile time, greedy completions compared."""
     import torch
 
-    p = logits.float()
-    if temperature != 1.0:
-        p.div_(temperature)
-    p = p.sub_(p.amax(-1, keepdim=True)).exp_()
-    B, V = p.shape
-    nb = -(-V // block)
-    pb = p.view(B, nb, block)
-    w = pb.sum(-1).double()
-    c = w.cumsum(-1)
-    u = torch.rand(B, 1, dtype=torch.float64) * c[:, -1:]
-    b = torch.searchsorted(c, u, right=True).clamp_max_(nb - 1)
-    u = (u - (c.gather(1, b) - w.gather(1, b))).clamp_min_(0)
-    inner = pb[torch.arange(B), b[:, 0]].double().cumsum(-1)
-    u = torch.minimum(u, inner[:, -1:] * (1 - 1e-12))
-    j = torch.searchsorted(inner, u, right=True).clamp_max_(block - 1)
-    return (b[:, 0] * block + j[:, 0]).clamp_max_(V - 1)
+    import engine
 
+    prompts = gsm8k_prompts(tok, a.compile_prompts)
+    never = [-5]  # an id that never comes: every row runs to its cap
 
-def section_entropy(a, model, tok, engine, eos, R):
-    import torch
+    def per_step():
+        runs = {}
+        for cap in (2, 66):
+            stats = {}
+            outs, dt = timed(a.lock, lambda cap=cap, stats=stats: engine_generate(
+                model, tok, prompts, cap, len(prompts), never, stats))  # fmt: skip
+            runs[cap] = (outs, dt, stats["decode_steps"])
+        (_, t0, s0), (outs, t1, s1) = runs[2], runs[66]
+        return outs, round(1e3 * (t1 - t0) / (s1 - s0), 1)
 
-    res = {}
-    V_model = model.get_output_embeddings().weight.shape[0]
-    with locked():
-        for V in (V_model, 151936):
-            for B in (a.batch_size,):
-                g = torch.Generator().manual_seed(0)
-                base = torch.randn(B, V, generator=g) * 4  # [B, V]
-                times = {}
-                with_entropy = lambda x: engine.sample_categorical(x)[0]
-                for name, fn in (("without_entropy", old_sampler), ("with_entropy", with_entropy)):
-                    buf = base.clone()
-                    fn(buf)  # warm
-                    ts = []
-                    for _ in range(a.entropy_repeats):
-                        buf.copy_(base)
-                        t = time.perf_counter()
-                        fn(buf)
-                        ts.append(time.perf_counter() - t)
-                    times[name] = round(1e3 * sorted(ts)[len(ts) // 2], 3)
-                res[f"sampler_ms_B{B}_V{V}"] = times
-    # a sampled generation, for the time of one decode step at this batch
-    prompts = gsm8k_prompts(tok, a.batch_size)
-    stats = {}
-    torch.manual_seed(0)
-    out, dt = timed(
-        lambda: engine.generate(
-            model,
-            tok,
-            prompts,
-            temperature=1.0,
-            max_new_tokens=a.entropy_tokens,
-            batch_size=a.batch_size,
-            eos_ids=eos,
-            stats=stats,
+    res = {"rows": len(prompts)}
+    ref, res["eager_ms_per_step"] = per_step()
+    # inductor cannot lower oneDNN's prepacked linear (a LoweringException): the compiled forward
+    # runs the plain weights, and the eager engine is measured that way too
+    eager, packed = engine._decode_forward, engine._packed_linears
+    engine._packed_linears = lambda model, rows: contextlib.nullcontext()
+    try:
+        _, res["eager_unpacked_ms_per_step"] = per_step()
+        engine._decode_forward = torch.compile(eager, dynamic=True)
+        _, first = timed(
+            a.lock, lambda: engine_generate(model, tok, prompts, 8, len(prompts), never)
         )
+        res["compile_first_call_s"] = round(first, 1)
+        outs, res["compiled_ms_per_step"] = per_step()
+    finally:
+        engine._decode_forward, engine._packed_linears = eager, packed
+    res["compiled_over_eager_time"] = round(
+        res["compiled_ms_per_step"] / res["eager_ms_per_step"], 3
     )
-    res["sampled_generation"] = {
-        "sequences": len(out),
-        "cap": a.entropy_tokens,
-        "wall_s": round(dt, 2),
-        "decode_steps": stats["decode_steps"],
-        "ms_per_decode_step": round(1e3 * dt / max(stats["decode_steps"], 1), 1),
-        "mean_entropy_per_token_nats": round(
-            sum(o["entropy"] for o in out) / sum(len(o["completion_ids"]) for o in out), 3
-        ),
-    }
-    print(f"[entropy] {res}", flush=True)
-    R["entropy"] = res
+    res["greedy_same"] = outs == ref
+    print(f"[compile] {res}", flush=True)
+    return res
 
 
-def run_hdpo(tree, a, out_dir, log):
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(a.threads),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    cmd = [
-        sys.executable,
-        "hdpo.py",
-        "--model",
-        a.model,
-        "--output-dir",
-        out_dir,
-        *a.step_args.split(),
-    ]
-    with locked(), open(log, "w") as f:
-        t = time.perf_counter()
-        rc = subprocess.run(
-            cmd, cwd=tree, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=a.step_timeout
-        ).returncode
-        wall = time.perf_counter() - t
-    rows = []
-    if os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
-        with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    keep = (
-        "step",
-        "step_time_s",
-        "generation_time_s",
-        "train_time_s",
-        "completion_len_mean",
-        "truncated_fraction",
-        "num_cliffs",
-        "privileged_rollouts",
-        "grpo_tokens",
-    )
-    return {
-        "returncode": rc,
-        "process_wall_s": round(wall, 1),
-        "steps": [{k: r.get(k) for k in keep} for r in rows],
-    }
-
-
-def section_step(a, tmp, R):
-    res = {"command": f"python hdpo.py --model {a.model} --output-dir OUT {a.step_args}"}
-    trees = {"before": git_export(a.before_ref, os.path.join(tmp, "before")), "after": HERE}
-    for label in ("before", "after"):
-        if label == "before" and "engine_before" not in a.methods:
-            continue
-        print(f"[step] {label} ...", flush=True)
-        res[label] = run_hdpo(
-            trees[label], a, os.path.join(tmp, f"run_{label}"), os.path.join(tmp, f"{label}.log")
+def cap_check(a, model, tok, eos, ended):
+    """The prompts whose completions ended before --cap (ended: their indices, from the ragged
+    section) at caps --cap and 4096: the same completions, and the cost of the high cap."""
+    prompts = gsm8k_prompts(tok, a.prompts)
+    early = [prompts[i] for i in ended][: a.batch_size]
+    res = {"prompts": len(early)}
+    runs = {}
+    for cap in (a.cap, 4096):
+        runs[cap], dt = timed(
+            a.lock, lambda cap=cap: engine_generate(model, tok, early, cap, a.batch_size, eos)
         )
-        print(f"[step] {label}: {res[label]}", flush=True)
-    if "before" in res and res["before"]["steps"] and res["after"]["steps"]:
-        tot = lambda lab, k: sum(s[k] for s in res[lab]["steps"])
-        for k in ("step_time_s", "generation_time_s"):
-            res[f"before_over_after_{k}"] = round(tot("before", k) / tot("after", k), 2)
-    R["step"] = res
+        res[f"engine_{cap}_s"] = round(dt, 2)
+    res["same_completions"] = runs[a.cap] == runs[4096]
+    res["ratio_4096_vs_cap"] = round(res["engine_4096_s"] / res[f"engine_{a.cap}_s"], 3)
+    print(f"[cap] {res}", flush=True)
+    return res
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=os.environ.get("HDPO_SMOLLM2", "/work/smollm2"))
-    p.add_argument("--sections", default="ragged,cap,entropy,step")
-    p.add_argument("--methods", default="hf_generate,engine_before,hf_generate_batch,engine")
-    p.add_argument("--before-ref", default="b156962", help="the commit with the engine before")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--ragged-prompts", type=int, default=64)
-    p.add_argument("--ragged-cap", type=int, default=768)
-    p.add_argument("--cap-prompts", type=int, default=16)
-    p.add_argument("--cap-before", action="store_true", help="the cap section for the old engine")
-    p.add_argument("--entropy-repeats", type=int, default=20)
-    p.add_argument("--entropy-tokens", type=int, default=64)
-    p.add_argument(
-        "--step-args",
-        default="--dataset tests/data/gsm8k_test.jsonl "
-        "--prompts-per-step 4 --num-generations 8 --max-steps 2 --eval-every 0 "
-        "--max-new-tokens 4096 --samples-per-step 0",
-    )
-    p.add_argument("--step-timeout", type=int, default=4 * 3600)
+    p.add_argument("--model", required=True, help="a model folder that stops on its own")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--cap", type=int, default=768, help="max_new_tokens")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=1, help="(generate, engine) pairs, in turn")
+    p.add_argument("--sections", default="ragged", help="of ragged,compile,cap; the others in "
+                   "--output are kept")  # fmt: skip
+    p.add_argument("--compile-prompts", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--lock", default=None, help="flock this file around each measurement")
-    p.add_argument(
-        "--output", default=os.path.join(HERE, "benchmarks", "bench_generation_results.json")
-    )
+    p.add_argument("--lock", default=None, help="flock this file around each timed run")
+    p.add_argument("--output", default=os.path.join(HERE, "benchmarks", "results",
+                                                    "bench_generation.json"))  # fmt: skip
     a = p.parse_args(argv)
-    global LOCK
-    LOCK = a.lock
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     import transformers
 
-    torch.set_num_threads(a.threads)
     import engine
     from harness.loading import load_model, quiet_libraries
 
+    torch.set_num_threads(a.threads)
     quiet_libraries()
-    sections = a.sections.split(",")
-    a.methods = a.methods.split(",")
+    model, tok = load_model(a.model, device="cpu", dtype=torch.float32)
+    eos = engine.eos_token_ids(tok, model)
     R = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "threads": a.threads,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        },
-        "model": a.model,
-        "before_ref": a.before_ref,
-    }
-    with tempfile.TemporaryDirectory(prefix="bench_gen_") as tmp:
-        src = subprocess.run(
-            ["git", "show", f"{a.before_ref}:engine.py"],
-            cwd=HERE,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        with open(os.path.join(tmp, "engine_before.py"), "w") as f:
-            f.write(src)
-        before = import_from(os.path.join(tmp, "engine_before.py"), "engine_before")
-        model, tok = load_model(a.model, device="cpu", dtype=torch.float32)
-        eos = engine.eos_token_ids(tok, model)
-        R["eos_ids"] = eos
-        if "ragged" in sections or "cap" in sections:
-            prompts, ref = section_ragged(a, model, tok, engine, before, eos, R)
-        if "cap" in sections:
-            section_cap(a, model, tok, engine, before, eos, R, prompts, ref)
-        if "entropy" in sections:
-            section_entropy(a, model, tok, engine, eos, R)
-        if "step" in sections:
-            section_step(a, tmp, R)
+        "command": "python benchmarks/bench_generation.py " + " ".join(argv or sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "threads": a.threads, "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "python": platform.python_version(), "processor": platform.machine()},
+        "model": os.path.basename(os.path.normpath(a.model)),
+        "eos_ids": eos,
+    }  # fmt: skip
+    sections = a.sections.split(",")
+    if os.path.exists(a.output):  # the sections not run now stay as they were
+        with open(a.output) as f:
+            R = {**json.load(f), **R}
+    command = R.pop("command")
+    threads = R["machine"].pop("threads")
+    if "ragged" in sections:
+        R["ragged"] = ragged(a, model, tok, eos)
+    if "compile" in sections:
+        R["compile"] = compile_check(a, model, tok, eos)
+    if "cap" in sections:
+        R["cap"] = cap_check(a, model, tok, eos, R["ragged"]["ended_before_cap"])
+    for name in sections:  # how each section was run
+        R[name].update(command=command, threads=threads)
+    os.makedirs(os.path.dirname(a.output), exist_ok=True)
     with open(a.output, "w") as f:
         json.dump(R, f, indent=1)
         f.write("\n")

@@ -18,9 +18,11 @@ import torch.distributed as dist
 
 import reinject
 from data import DataError, load_problems, split_train_val
-from engine import eos_token_ids
+from engine import check_generation_support, eos_token_ids, plan_generation
 from eval import evaluate, summarize
+from forward import UnsupportedModelError, check_training_support
 from harness.checkpoint import (
+    CheckpointError,
     find_checkpoint,
     restore_checkpoint,
     rewind_outputs,
@@ -63,6 +65,11 @@ def setup_run(args, train_rows, val_rows, reward_fn, build_teacher):
     model, tokenizer = load_model(model_dir, device=device, dtype=torch.float32)
     if args.gradient_checkpointing:
         set_checkpointing(model, True)
+    # what the losses cannot compute exactly on this architecture is refused here, in one line
+    note = check_training_support(model, args.max_seq_len)
+    check_generation_support(model, args.max_seq_len)  # and what the engine cannot generate
+    if note and rank == 0:
+        print(note)
     if ws > 1:  # every rank starts from rank 0's weights
         for t in model.state_dict().values():
             dist.broadcast(t, 0)
@@ -70,8 +77,16 @@ def setup_run(args, train_rows, val_rows, reward_fn, build_teacher):
     if device.type == "cuda":  # size micro-batches (and checkpointing) to the card
         teacher_bytes = 0 if teacher is model else sum(p.nbytes for p in teacher.parameters())
         memory_line = plan_memory(args, model, amp, ws, teacher_bytes)
+        # generation's rows beside the weights and AdamW's moments (8 bytes a parameter, made at
+        # the first step), --max-seq-len tokens each (engine.plan_generation, docs/engine.md)
+        budget = 0.9 * torch.cuda.mem_get_info(device)[1] - torch.cuda.memory_allocated(device)
+        budget -= 8 * sum(p.numel() for p in model.parameters())
+        args.generation_batch_size, generation_line = plan_generation(
+            model, args.generation_batch_size, args.max_seq_len, budget
+        )
         if rank == 0:
             print(memory_line)
+            print(generation_line)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.lr, betas=tuple(args.adam_betas), eps=args.adam_eps,
         weight_decay=args.weight_decay,
@@ -274,7 +289,8 @@ def run_command(prog, work, debug=False):
     try:
         if (work() or {}).get("interrupted"):
             sys.exit(130)  # stopped by Ctrl-C / SIGTERM after saving a checkpoint: not finished
-    except (DataError, ModelLoadError, TrainingError, TrackerError, FileNotFoundError) as e:
+    except (DataError, ModelLoadError, TrainingError, TrackerError, FileNotFoundError,
+            UnsupportedModelError, CheckpointError) as e:  # fmt: skip
         if debug:
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -7,15 +7,16 @@ import os
 
 import pytest
 import torch
-from conftest import DATA
+from conftest import DATA, small_model
 
 import engine as G
+import hdpo
 from data import chat_prompt
 from harness.loading import load_model
 
 TOKENIZER_DIR = os.path.join(DATA, "qwen2.5-math-1.5b")
 ENDOFTEXT, IM_END = 151643, 151645
-SMOLLM2 = os.environ.get("HDPO_SMOLLM2", "/work/smollm2")
+SMOLLM2 = os.environ.get("HDPO_SMOLLM2", "")  # a SmolLM2-135M-Instruct folder, if any
 # greedy may differ from generate's only after a position where generate's own two best logits
 # are this close: fp32 rounding of a different batch shape (rows leave, others join) can flip it
 NEAR_TIE = 1e-3
@@ -232,7 +233,7 @@ def test_greedy_equals_transformers_generate_tiny(ctx):
 
 @pytest.mark.skipif(
     not os.path.exists(os.path.join(SMOLLM2, "model.safetensors")),
-    reason=f"no real small model at {SMOLLM2} (build it with ../shared/tools/make_smollm2.py)",
+    reason="set HDPO_SMOLLM2 to a SmolLM2-135M-Instruct folder to run it",
 )
 def test_greedy_equals_transformers_generate_real_model():
     """SmolLM2-135M-Instruct stops on its own: rows end at different lengths, leave the batch
@@ -410,3 +411,159 @@ def test_packed_linears_compute_the_same_products_for_one_call_only(ctx):
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     with G._packed_linears(bf16, rows=4):
         assert not any("forward" in vars(m) for m in bf16.modules())
+
+
+# ----------------------------------------------------------------------------- the decode loop
+
+
+def count_host_reads():
+    """A hook counting device-to-host reads (tolist, item, cpu, bool/int/float of a tensor)."""
+    names = ("tolist", "item", "cpu", "__bool__", "__int__", "__float__")
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+    counts = [0]
+
+    def wrap(orig):
+        def f(self, *a, **kw):
+            counts[0] += 1
+            return orig(self, *a, **kw)
+
+        return f
+
+    for n in names:
+        setattr(torch.Tensor, n, wrap(saved[n]))
+    return counts, lambda: [setattr(torch.Tensor, n, f) for n, f in saved.items()]
+
+
+def test_host_reads_rows_only_every_few_steps_and_completions_do_not_change(ctx):
+    """The decode step runs on the device: the host reads which rows finished only every
+    sync_every steps (counted by a hook on every device-to-host read, prefill and admission
+    included) and the completions are those of reading at every step; rows that finished
+    between reads are computed and ignored until the read."""
+    model, tok = ctx
+    prompts = [
+        tok(chat_prompt(tok, q), add_special_tokens=False)["input_ids"] for q in questions(5)
+    ]
+    with torch.no_grad():  # as generate() calls it
+        free = G._decode(model, prompts, 1, [12] * 5, 8, True, 1.0, [-5], tok.pad_token_id)[0]
+    eos = [free[0][0][3], free[2][0][6]]  # rows end at different steps
+    runs = {}
+    for every in (1, 4):
+        counts, restore = count_host_reads()
+        try:
+            with torch.no_grad():
+                runs[every] = G._decode(model, prompts, 3, [12] * 5, 4, True, 1.0, eos,
+                                        tok.pad_token_id, sync_every=every)  # fmt: skip
+        finally:
+            restore()
+        stats = runs[every][1]
+        assert counts[0] == stats["host_syncs"]  # the engine's own count is every read
+        polls = -(-stats["decode_steps"] // every) + 1
+        assert stats["host_syncs"] <= 2 * polls  # a read per poll, one more when rows finished
+    assert runs[1][0] == runs[4][0]
+    assert len({len(t) for t, _, _ in runs[1][0]}) > 1  # ragged
+    assert runs[4][1]["host_syncs"] < runs[1][1]["host_syncs"] / 2
+    assert runs[4][1]["row_steps"] > runs[1][1]["row_steps"]  # finished rows until the read
+
+
+# ----------------------------------------------------------------------------- architectures
+
+
+class IdTokenizer:
+    """Prompts written as token ids ("5 17 3"): the arch_model tests need no vocabulary."""
+
+    pad_token_id = eos_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[int(x) for x in t.split()] for t in texts]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def id_prompts(lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(map(str, torch.randint(3, 300, (n,), generator=g).tolist())) for n in lengths]
+
+
+def generate_reference(model, prompts, max_new, eos):
+    """transformers' generate, greedy, one left-padded batch (pad 0), cut after the first EOS."""
+    ids = [[int(x) for x in p.split()] for p in prompts]
+    P = max(map(len, ids))
+    x = torch.tensor([[0] * (P - len(p)) + p for p in ids])
+    mask = (torch.arange(P)[None] >= torch.tensor([P - len(p) for p in ids])[:, None]).long()
+    with torch.no_grad():
+        out = model.generate(input_ids=x, attention_mask=mask, do_sample=False,
+                             max_new_tokens=max_new, eos_token_id=list(eos), pad_token_id=0,
+                             top_k=None, top_p=None, temperature=None)[:, P:].tolist()  # fmt: skip
+    return [r[: next((t + 1 for t, v in enumerate(r) if v in eos), len(r))] for r in out]
+
+
+@pytest.mark.parametrize(
+    "name", ["qwen2", "llama", "mistral-window", "qwen2-window", "gemma2", "granite"]
+)
+def test_greedy_equals_generate_on_architectures(name):
+    """Prompts of 9, 4, 13 and 7 tokens (longer than the windows of 6), two rows for four
+    sequences (rows leave and are refilled), 8 new tokens: the engine's greedy completions are
+    generate's, token for token. Sliding windows (Mistral: every layer; Qwen2: the layers past
+    max_window_layers; Gemma 2: every other layer) are in the engine's masks, one per layer
+    type; Gemma 2's and Granite's logit transforms come from the model's own forward."""
+    from conftest import arch_model
+
+    model = arch_model(name)
+    prompts = id_prompts((9, 4, 13, 7))
+    free = generate_reference(model, prompts, 8, [-5])
+    eos = [free[0][4], free[2][2]]  # rows end at different steps
+    out = G.generate(model, IdTokenizer(), prompts, greedy=True, max_new_tokens=8, batch_size=2,
+                     eos_ids=eos)  # fmt: skip
+    assert [o["completion_ids"] for o in out] == generate_reference(model, prompts, 8, eos)
+    assert len({len(o["completion_ids"]) for o in out}) > 1
+
+
+def test_dynamic_ntk_exact_within_the_original_context_and_refused_beyond():
+    """Dynamic-NTK RoPE rescales with the batch's longest position past max_position_embeddings
+    (12 here), so there a row would depend on its batchmates: generation within 12 tokens equals
+    generate's; past it, a one-line refusal naming the feature and the model, before any
+    forward."""
+    from conftest import arch_model
+
+    model = arch_model("llama-dynamic-ntk")
+    prompts = id_prompts((5, 3, 6))
+    out = G.generate(model, IdTokenizer(), prompts, greedy=True, max_new_tokens=6, batch_size=2,
+                     eos_ids=[-5])  # fmt: skip
+    assert [o["completion_ids"] for o in out] == generate_reference(model, prompts, 6, [-5])
+    with pytest.raises(G.UnsupportedModelError, match="dynamic NTK.*llama|llama.*dynamic NTK"):
+        G.generate(model, IdTokenizer(), prompts, greedy=True, max_new_tokens=8, eos_ids=[-5])
+
+
+# ----------------------------------------------------------------------------- memory plan
+
+
+def test_kv_bytes_per_token_and_the_default_rows_fit_an_80gb_card():
+    """Qwen2.5-Math-1.5B's KV cache in bf16: 2 x 28 layers x 2 KV heads x 128 x 2 bytes =
+    28 KiB a token. At the paper's settings (sequences of up to 4,096 tokens) the default
+    --generation-batch-size fits an 80 GB card (79.1 GiB usable) beside the fp32 weights, AdamW's
+    moments and the bf16 copy, with 10% of the card kept free (docs/engine.md): the plan keeps
+    all its rows there, and takes fewer on a 40 GB card."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(TOKENIZER_DIR)
+    assert G.kv_bytes_per_token(config, torch.bfloat16) == 28 * 1024
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    n = sum(p.numel() for p in model.parameters())  # 1.54e9
+    rows = hdpo.build_parser().get_default("generation_batch_size")
+
+    def plan(card_gib):  # as setup_run: 90% of the card - fp32 weights - AdamW's two moments
+        return G.plan_generation(model, rows, 4096, 0.9 * card_gib * 2**30 - 4 * n - 8 * n)[0]
+
+    assert plan(79.1) == rows and plan(39.4) < rows
+
+
+def test_plan_generation_arithmetic():
+    model = small_model()
+    cfg = model.config
+    per_row = 4096 * (G.kv_bytes_per_token(cfg, torch.bfloat16) + 8) + 3 * cfg.vocab_size * 4
+    copy = 2 * sum(p.numel() for p in model.parameters())
+    assert G.plan_generation(model, 64, 4096, copy + 10 * per_row)[0] == 10
+    rows, line = G.plan_generation(model, 8, 4096, copy + 10 * per_row)
+    assert rows == 8 and "--generation-batch-size 8" in line
