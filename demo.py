@@ -12,9 +12,9 @@ the same model's answer-hinted (privileged) solutions into it on exactly those p
    without the hint: those are cliffs that a lucky rollout rarely opens for GRPO. Saved to
    <output-dir>/warm_start.
 3. Two arms from that folder, same seed and steps, through hdpo.train (the code that trains the
-   real model): GRPO (λ = 0) and HDPO (λ = 1, frozen teacher). `--arms all` adds a third, hdpo_reinject: HDPO
-   with re-injection of distilled cliff prompts (reinject.py, the paper's future work;
-   DEMO_REINJECT).
+   real model): GRPO (λ = 0) and HDPO (λ = 1, frozen teacher). `--arms all` adds a third,
+   hdpo_reinject: HDPO with re-injection of distilled cliff prompts (reinject.py, the paper's
+   future work; DEMO_REINJECT).
 4. The same measurements for every arm: the cliff fraction of the training prompts before and
    after (the expected fraction whose G samples at temperature 1 are all wrong, estimated from 32
    samples per prompt), and held-out greedy / pass@1,4,8 (eval.evaluate). Writes
