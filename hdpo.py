@@ -12,10 +12,8 @@ token distribution is distilled into the plain model on ȳ with a Jensen-Shannon
     torchrun --nproc_per_node 8 hdpo.py --model ...                 # the paper's 8 GPUs
     python demo.py                                                  # offline CPU demo
 
-Reading order, top to bottom: advantages and cliffs (Algorithm 1, lines 2-3) → the privileged
-prompt x ⊕ y* and the R = 1 filter (lines 4-5) → the per-token losses → their memory-bounded
-gradients (line 6) → the training loop `train`, whose body is Algorithm 1 line by line (line 7
-is `optimizer_step`) → the teacher → flags and `main`. Where it departs from the paper:
+Top to bottom: advantages, cliffs, x ⊕ y*, R = 1 (Algorithm 1, lines 2-5) → the losses and
+their gradients (line 6) → `train`, Algorithm 1 line by line → flags. Departures from the paper:
 - Generation uses this repository's engine (engine.py); the paper uses vLLM.
 - One optimiser update per step, on-policy, so the PPO ratio is exp(logp − logp.detach()) = 1
   and the ε-clip (kept, as in the paper) never binds; the gradient is −A·∇logp per token.
@@ -30,9 +28,7 @@ is `optimizer_step`) → the teacher → flags and `main`. Where it departs from
 - The 95/5 split holds out whole problems (OpenMathInstruct-2 repeats some across rows).
 - Weight decay (0.01) applies to every parameter, biases and norms included (the paper is silent;
   at lr 1e-6 over 2,000 steps it shrinks a weight by a factor of at most 2e-5).
-The forward over rollouts (shared prompts, chunked lm_head) is forward.py, generation engine.py,
-datasets and the chat prompt data.py; re-injection (the paper's future work, off by default) is
-reinject.py; setup, logs, checkpoints and torchrun helpers are in harness/.
+Also read: forward.py (the losses' forward), engine.py (generation), data.py, reinject.py.
 """
 
 import argparse
@@ -417,13 +413,9 @@ def build_parser():
     )
     g = p.add_argument_group("model")
     g.add_argument("--model", default="Qwen/Qwen2.5-Math-1.5B-Instruct", help="hub id or folder")
-    g.add_argument(
-        "--gradient-checkpointing", action="store_true", help="recompute activations (long seqs)"
-    )
+    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations")
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset", default="nvidia/OpenMathInstruct-2", help="hub id or .jsonl/.json/.parquet"
-    )
+    g.add_argument("--dataset", default="nvidia/OpenMathInstruct-2", help="hub id or a file")
     g.add_argument("--split", default="train_1M")
     g.add_argument("--dataset-config", default=None)
     g.add_argument("--problem-key", default=None)
@@ -433,39 +425,21 @@ def build_parser():
     g = p.add_argument_group("GRPO (Algorithm 1, lines 1-2)")
     g.add_argument("--prompts-per-step", type=int, default=32)
     g.add_argument("--num-generations", type=int, default=16, help="G rollouts per prompt")
-    g.add_argument(
-        "--temperature", type=float, default=1.0, help="T: rollouts and losses use softmax(z / T)"
-    )
+    g.add_argument("--temperature", type=float, default=1.0, help="T: sampled and trained on")
     g.add_argument("--max-seq-len", type=int, default=4096, help="prompt + completion (context)")
     g.add_argument("--max-new-tokens", type=int, default=4096, help="completion cap")
-    g.add_argument(
-        "--advantage", choices=["loo", "grpo"], default="loo", help="leave-one-out or (r-μ)/σ"
-    )
+    g.add_argument("--advantage", choices=["loo", "grpo"], default="loo", help="loo or (r-μ)/σ")
     g.add_argument("--clip-eps", type=float, default=0.2)
     g = p.add_argument_group("HDPO (Algorithm 1, lines 3-6)")
     g.add_argument("--distill-weight", type=float, default=0.01, help="λ; 0 is plain GRPO")
     g.add_argument("--teacher", choices=["drifting", "frozen"], default="drifting")
     g.add_argument("--topk", type=int, default=64, help="teacher top-k of JSD_k")
     g.add_argument("--max-cliffs", type=int, default=32, help="cliff prompts distilled per step")
-    g.add_argument(
-        "--privileged-generations", type=int, default=4, help="privileged rollouts per cliff"
-    )
-    g.add_argument(
-        "--privileged", choices=["answer", "solution"], default="answer", help="what x ⊕ y* adds"
-    )
+    g.add_argument("--privileged-generations", type=int, default=4, help="rollouts per cliff")
+    g.add_argument("--privileged", choices=["answer", "solution"], default="answer")
     g = p.add_argument_group("re-injection (the paper's future work, reinject.py; off by default)")
-    g.add_argument(
-        "--reinject-delay",
-        type=int,
-        default=0,
-        help="D: a distilled cliff prompt returns to an RL batch D steps later (0: off)",
-    )
-    g.add_argument(
-        "--reinject-max",
-        type=int,
-        default=8,
-        help="M: re-injected prompts per step at most, oldest first (in place of fresh ones)",
-    )
+    g.add_argument("--reinject-delay", type=int, default=0, help="D steps later (0: off)")
+    g.add_argument("--reinject-max", type=int, default=8, help="M per step at most, oldest first")
     g = p.add_argument_group("optimisation (Algorithm 1, line 7)")
     g.add_argument("--max-steps", type=int, default=2000)
     g.add_argument("--lr", type=float, default=1e-6)
@@ -474,19 +448,9 @@ def build_parser():
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--warmup-steps", type=int, default=50, help="linear from 0.1x, then constant")
     g.add_argument("--max-grad-norm", type=float, default=1.0)
-    g.add_argument(
-        "--micro-batch-tokens",
-        type=int,
-        default=None,
-        help="padded tokens per forward/backward (default: CPU 1024; GPU from the memory plan)",
-    )
+    g.add_argument("--micro-batch-tokens", type=int, help="per forward (CPU 1024; GPU: planned)")
     g.add_argument("--generation-batch-size", type=int, default=384, help="rows decoding at once")
-    g.add_argument(
-        "--logit-chunk",
-        type=int,
-        default=None,
-        help="positions per lm_head chunk (one [chunk, V] fp32 buffer); default 1024 GPU, 256 CPU",
-    )
+    g.add_argument("--logit-chunk", type=int, help="positions per head chunk (GPU 1024, CPU 256)")
     g.add_argument("--seed", type=int, default=42)
     g = p.add_argument_group("validation")
     g.add_argument("--eval-every", type=int, default=10, help="0 turns validation off")
@@ -497,18 +461,10 @@ def build_parser():
     g.add_argument("--output-dir", default="runs/hdpo")
     g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: end)")
     g.add_argument("--keep-checkpoints", type=int, default=2)
-    g.add_argument(
-        "--resume", nargs="?", const="latest", default=None, help="latest in --output-dir, or PATH"
-    )
+    g.add_argument("--resume", nargs="?", const="latest", help="latest in --output-dir, or PATH")
     g.add_argument("--max-bad-steps", type=int, default=5, help="stop after N non-finite steps")
     g.add_argument("--samples-per-step", type=int, default=2, help="completions in samples.jsonl")
-    g.add_argument(
-        "--report-to",
-        nargs="+",
-        choices=["none", *TRACKERS],
-        default=["none"],
-        help="experiment trackers, offline, optional packages (several allowed)",
-    )
+    g.add_argument("--report-to", nargs="+", choices=["none", *TRACKERS], default=["none"])
     g.add_argument("--tracker-project", default="hdpo", help="wandb / trackio project")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -534,26 +490,19 @@ def parse_args(argv=None, parser=None):
         (a.privileged_generations >= 1, "--privileged-generations must be >= 1"),
         (a.reinject_delay >= 0, "--reinject-delay must be >= 0 (0 turns re-injection off)"),
         (a.reinject_max >= 1, "--reinject-max must be >= 1"),
-        (
-            min(a.micro_batch_tokens or 1, a.generation_batch_size, a.logit_chunk or 1) >= 1,
-            "batch sizes must be >= 1",
-        ),
+        (min(a.micro_batch_tokens or 1, a.generation_batch_size, a.logit_chunk or 1) >= 1,
+         "batch sizes must be >= 1"),
         (min(a.warmup_steps, a.eval_every, a.save_every) >= 0, "step counts must be >= 0"),
-        (
-            a.keep_checkpoints >= 1 and a.max_bad_steps >= 1,
-            "--keep-checkpoints/--max-bad-steps must be >= 1",
-        ),
+        (a.keep_checkpoints >= 1 and a.max_bad_steps >= 1,
+         "--keep-checkpoints/--max-bad-steps must be >= 1"),
         (0 < a.val_fraction < 1, "--val-fraction must be in (0, 1)"),
         (a.report_to == ["none"] or "none" not in a.report_to, "--report-to none goes alone"),
         (a.eval_n >= 0, "--eval-n must be >= 0"),
         (a.max_grad_norm > 0, "--max-grad-norm must be > 0"),
         (all(0 <= b < 1 for b in a.adam_betas), "--adam-betas must be in [0, 1)"),
         (a.adam_eps >= 0 and a.weight_decay >= 0, "--adam-eps and --weight-decay must be >= 0"),
-        (
-            all(1 <= k <= max(a.eval_n, 1) for k in a.eval_k),
-            "each --eval-k must be in [1, --eval-n]",
-        ),
-    ]
+        (all(1 <= k <= max(a.eval_n, 1) for k in a.eval_k), "--eval-k must be in [1, --eval-n]"),
+    ]  # fmt: skip
     for ok, msg in checks:
         if not ok:
             p.error(msg)
