@@ -187,7 +187,7 @@ def test_report_on_the_demo_folders(short_demo, tmp_path, capsys):
         grpo_part, rest = text.split("HDPO frozen, λ=0.01")
         assert os.path.normpath(arms[0]) in grpo_part and os.path.normpath(arms[1]) not in grpo_part
         other = rest.split("Runs with no row in the paper's table:")[1]
-        assert f"{os.path.normpath(arms[1])} (λ=1 drifting)" in other
+        assert f"{os.path.normpath(arms[1])} (λ=1 frozen)" in other
         assert text.count("(no validation)") == len(arms)
         assert os.path.join(out, "demo_summary.json") in text
 
