@@ -39,6 +39,7 @@ import os
 import random
 import shutil
 import statistics
+import sys
 import time
 from types import MappingProxyType
 
@@ -50,6 +51,7 @@ from engine import generate
 from eval import evaluate, pass_at_k
 from harness.distributed import world
 from harness.loading import load_model
+from harness.report import pyplot
 from harness.run import run_command
 from hdpo import privileged_prompt
 from verify import reward
@@ -427,11 +429,12 @@ def print_table(summary):
     for label, fmt, get in lines:
         print(f"{label:24}" + "".join(f"{fmt.format(get(summary[arm])):>{w}}" for arm in arms))
     end = {arm: s["cliff_fraction_end"] for arm, s in summary.items()}
+    fewer = lambda d: f"{abs(d):.3f} {'fewer' if d >= 0 else 'more'}"
     if "grpo" in end and "hdpo" in end:
         d = end["grpo"] - end["hdpo"]
         print(
-            f"\nHDPO ends with {d:+.3f} fewer of the training prompts as cliffs than GRPO "
-            "(absolute)."
+            f"\nHDPO ends with {fewer(d)} of the training prompts as cliffs than GRPO (absolute): "
+            f"the margin is {d:+.3f}."
         )
     if "hdpo" in end and "hdpo_reinject" in end:
         r = summary["hdpo_reinject"].get("reinject", {})
@@ -439,7 +442,7 @@ def print_table(summary):
             f"HDPO with re-injection (D={r.get('delay')}, M={r.get('max')}: "
             f"{r.get('reinjected')} prompts re-injected, {r.get('reinjected_solved')} of them "
             f"solved at least once, {r.get('reinjected_cliffs')} cliffs again) ends with "
-            f"{end['hdpo'] - end['hdpo_reinject']:+.3f} fewer cliffs than HDPO (absolute)."
+            f"{fewer(end['hdpo'] - end['hdpo_reinject'])} cliffs than HDPO (absolute)."
         )
 
 
@@ -447,13 +450,8 @@ def plot(out_dir, summary):
     """demo.png: cliff fraction and mean reward of each step's batch (thin) with a 5-step running
     mean (thick), and the measured cliff fraction of all training prompts at the start and end
     (dots)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no demo.png")
+    plt = pyplot("demo.png")
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, (arm, s) in enumerate(summary.items()):
@@ -596,10 +594,25 @@ def distribution(rows):
     return out
 
 
-def run_seeds(a):
+def machine():
+    """The CPU, its core count and the library versions: what a seed's numbers depend on."""
+    import platform
+
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "transformers": transformers.__version__}  # fmt: skip
+
+
+def run_seeds(a, command=""):
     """--seeds: the demo once per seed (each in <output-dir>/seed-<s>, its own task and warm
     start), in one process; then every measure's per-seed values, mean, standard deviation, min
-    and max, printed and written to <output-dir>/demo_seeds.json."""
+    and max, printed and written to <output-dir>/demo_seeds.json with the command and machine."""
     seeds = list(range(a.seeds[0])) if len(a.seeds) == 1 else a.seeds
     t0, rows = time.time(), {}
     for s in seeds:
@@ -608,6 +621,7 @@ def run_seeds(a):
         rows[s] = seed_measures(run_demo(b))
     dist = distribution(list(rows.values()))
     result = {
+        "command": command, "machine": machine(),
         "seeds": seeds, "threads": torch.get_num_threads(), "wall_s": round(time.time() - t0),
         "settings": {k: getattr(a, k) for k, _ in DEMO_TRAINING if k != "output_dir"},
         "per_seed": rows, "distribution": dist,
@@ -672,7 +686,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    run_command("demo.py", lambda: run_seeds(args) if args.seeds else run_demo(args), args.debug)
+    command = "python demo.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run = lambda: run_seeds(args, command) if args.seeds else run_demo(args)
+    run_command("demo.py", run, args.debug)
 
 
 if __name__ == "__main__":

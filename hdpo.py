@@ -448,7 +448,7 @@ def build_parser():
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--warmup-steps", type=int, default=50, help="linear from 0.1x, then constant")
     g.add_argument("--max-grad-norm", type=float, default=1.0)
-    g.add_argument("--micro-batch-tokens", type=int, help="per forward (CPU 1024; GPU: planned)")
+    g.add_argument("--micro-batch-tokens", type=int, help="per forward (CPU 512; GPU: planned)")
     g.add_argument("--generation-batch-size", type=int, default=384, help="rows decoding at once")
     g.add_argument("--logit-chunk", type=int, help="positions per head chunk (GPU 1024, CPU 256)")
     g.add_argument("--seed", type=int, default=42)
@@ -507,9 +507,9 @@ def parse_args(argv=None, parser=None):
         if not ok:
             p.error(msg)
     if a.logit_chunk is None:  # GPU: big chunks keep kernels busy; CPU: 256 x 151,936 fp32 (156 MB)
-        a.logit_chunk = 1024 if torch.cuda.is_available() else 256  # profile_ops --head-chunks
+        a.logit_chunk = 1024 if torch.cuda.is_available() else 256
     if a.micro_batch_tokens is None and not torch.cuda.is_available():
-        a.micro_batch_tokens = 1024  # measured on CPU (benchmarks/profile_step.py); GPU: the plan
+        a.micro_batch_tokens = 512  # benchmarks/README.md; GPU: harness.memory.plan_memory
     return a
 
 

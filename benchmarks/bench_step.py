@@ -8,7 +8,9 @@ min_new_tokens = max_completion_length = 64; ours: EOS switched off for the benc
 rollout runs to its cap), temperature 1, fp32 on CPU, GRPO without KL (β = 0; TRL's loss_type
 "dapo" is the token-level loss ours computes), one optimiser step per 32 sequences, the same
 deterministic 0/1 reward for both (one bit of SHA-256 of the completion, so about half the
-rollouts are rewarded and both systems do the whole backward). TRL runs with its defaults for
+rollouts are rewarded and both systems do the whole backward). `--new-tokens 4096 --eos --arms
+hdpo` measures our step at the paper's length cap with rollouts that stop at EOS, as in a real
+run (benchmarks/results/bench_step_4096.json). TRL runs with its defaults for
 that batch: per_device_train_batch_size 32, no gradient accumulation.
 
 Arms, each in its own process, so the peak resident memory (VmHWM) is the arm's own:
@@ -114,10 +116,14 @@ def child_hdpo(cfg, out, cliffs):
     real = hdpo.generate
     privileged = set()  # texts of privileged rollouts (cliffs arm: the reward 1)
 
-    def generate(model, tokenizer, prompts, **kw):  # EOS off: every rollout runs to its cap
-        outs = real(model, tokenizer, prompts, **dict(kw, eos_ids=[V]))
+    lengths = []  # each step's plain rollout lengths (tokens)
+
+    def generate(model, tokenizer, prompts, **kw):  # EOS off unless --eos: rollouts run to the cap
+        outs = real(model, tokenizer, prompts, **(kw if cfg.get("eos") else dict(kw, eos_ids=[V])))
         if any("(Hint: the correct final answer is" in p for p in prompts):
             privileged.update(o["text"] for o in outs)
+        else:
+            lengths.append([len(o["completion_ids"]) for o in outs])
         return outs
 
     hdpo.generate = generate
@@ -147,6 +153,7 @@ def child_hdpo(cfg, out, cliffs):
         "train_s": [r["train_time_s"] for r in m],
         "distill_sequences": [r["distill_sequences"] for r in m],
         "completion_len_mean": [r["completion_len_mean"] for r in m],
+        "rollout_lengths": lengths,
     }
 
 
@@ -228,6 +235,11 @@ def table(R):
         if "generation_median_s" in r:
             lines.append(f"{name}: generation {r['generation_median_s']:.2f} s, losses and update "
                          f"{r['train_median_s']:.2f} s (medians)")  # fmt: skip
+    for name, r in R["arms"].items():
+        for i, ls in enumerate(r.get("rollout_lengths", [])):
+            at_cap = sum(n >= R["setting"]["new_tokens"] for n in ls)
+            lines.append(f"{name} step {i + 1}: rollouts of {statistics.mean(ls):.0f} tokens on "
+                         f"average, longest {max(ls)}, {at_cap} at the cap")  # fmt: skip
     by_round = R.get("hdpo_over_trl_by_round", [])
     ok = [x for x in by_round if x is not None]
     if ok:
@@ -247,6 +259,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="measured steps, after 1 warm-up step")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--hdpo-flags", default="", help="extra hdpo.py flags for our arms")
+    p.add_argument("--new-tokens", type=int, default=64, help="the cap on new tokens per rollout")
+    p.add_argument("--eos", action="store_true", help="our arms stop rollouts at EOS (no trl arm)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per child")
     p.add_argument("--output", default=os.path.join(ROOT, "benchmarks/results/bench_step.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -254,11 +268,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.child:
         return child_main(a.child, json.loads(a.cfg))
+    arms, rounds = a.arms.split(","), []
     if not a.model:
         p.error("--model DIR is required (a real model folder)")
-    cfg = dict(model=os.path.abspath(a.model), prompts=4, generations=8, new_tokens=64,
-               steps=a.steps, threads=a.threads, hdpo_flags=a.hdpo_flags.split())  # fmt: skip
-    arms, rounds = a.arms.split(","), []
+    if a.steps < 1 or (a.eos and "trl" in arms):
+        p.error("--steps must be >= 1; --eos is for our arms only (--arms hdpo,hdpo_cliffs)")
+    cfg = dict(model=os.path.abspath(a.model), prompts=4, generations=8, new_tokens=a.new_tokens,
+               eos=a.eos, steps=a.steps, threads=a.threads,
+               hdpo_flags=a.hdpo_flags.split())  # fmt: skip
     for k in range(a.rounds):
         print(f"-- round {k + 1}/{a.rounds}", flush=True)
         python = lambda arm: a.trl_python if arm == "trl" else sys.executable

@@ -7,10 +7,9 @@ import torch
 def keep_freed_memory():
     """CPU training: let glibc keep freed memory for reuse instead of handing every large block
     back to the OS and faulting it in again (zeroed) at the next micro-batch. Each micro-batch
-    frees and re-allocates its activations and [V, H] gradients. Measured together with two
-    other CPU changes (benchmarks/profile/ab_keep_freed_chunk256_one_embedding.json, SmolLM2-135M,
-    2-core CPU): steps ~14% shorter, peak resident memory unchanged. No-op off glibc. Returns
-    whether it was applied."""
+    frees and re-allocates its activations and [V, H] gradients. Measured on SmolLM2-135M, 2-core
+    CPU, at the CPU default --micro-batch-tokens 512 (dev/LOG.md, 2026-12-06): steps ~11%
+    shorter, peak resident memory unchanged. No-op off glibc. Returns whether it was applied."""
     import ctypes
 
     try:

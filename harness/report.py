@@ -204,16 +204,25 @@ def format_table(runs):
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def plot(runs, path):
-    """report.png: the training curves and validation scores of every run. -> path, or None
-    without matplotlib."""
+def pyplot(figure):
+    """matplotlib.pyplot on the Agg backend, or None (and a line saying `figure` is not drawn)
+    where matplotlib is not installed: it is optional."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no report.png (pip install matplotlib)")
+        print(f"matplotlib not installed: no {figure} (pip install matplotlib)")
+        return None
+    return plt
+
+
+def plot(runs, path):
+    """report.png: the training curves and validation scores of every run. -> path, or None
+    without matplotlib."""
+    plt = pyplot("report.png")
+    if plt is None:
         return None
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     axes = axes.flatten()

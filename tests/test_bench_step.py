@@ -50,3 +50,11 @@ def test_the_table_gives_each_rounds_ratio_to_trl():
     assert "round by round: 0.40, 0.35, - (median 0.38)" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("hdpo"))
     assert row.split()[-3:] == ["0.40", "0.39", "0.50"]  # ours/TRL wall, CPU, peak RSS
+
+
+def test_the_table_gives_each_steps_rollout_lengths_against_the_cap():
+    R = {"arms": {"hdpo": dict(arm(40.0, 70.0, 4500.0), rollout_lengths=[[10, 30, 64], [64, 64]])},
+         "setting": {"new_tokens": 64}}  # fmt: skip
+    text = bench_step.table(R)
+    assert "hdpo step 1: rollouts of 35 tokens on average, longest 64, 1 at the cap" in text
+    assert "hdpo step 2: rollouts of 64 tokens on average, longest 64, 2 at the cap" in text

@@ -4,7 +4,8 @@ The tests start `python -m torch.distributed.run --standalone --nproc_per_node 2
 run as a script it is the worker (see `worker_*` below): `grad` calls hdpo.step_gradients, the
 function train() calls, on each rank's shard of a fixed batch; `train` goes through hdpo.main and
 `demo` through demo.main, which notice torchrun's RANK/WORLD_SIZE and start gloo. The unshortened
-demo under torchrun takes minutes: HDPO_DEMO_TESTS=1 runs it.
+demo under torchrun takes minutes: HDPO_DEMO_TESTS=1 runs it. The tests that start torchrun are
+marked slow (`pytest -m slow`, run by .ci/run after the quick suite).
 """
 
 import glob
@@ -361,6 +362,7 @@ def test_ddp_split_really_differs_per_rank():
     assert any(not torch.allclose(local[k], want[k]) for k in want)
 
 
+@pytest.mark.slow
 def test_ddp_train_two_ranks_logs_world_size_and_keeps_ranks_identical(tiny_qwen_dir, tmp_path):
     """`torchrun --nproc_per_node 2 hdpo.py ...` on gloo: one metrics row per step with world_size 2
     and global counts, validation gathered from both ranks, a checkpoint with each rank's RNG state,
@@ -425,6 +427,7 @@ def test_ddp_each_rank_is_pinned_to_cuda_local_rank_before_nccl_starts(monkeypat
     assert harness.distributed.compute_device() == cuda1  # where train() puts the model and sums
 
 
+@pytest.mark.slow
 def test_ddp_long_validation_prompt_is_skipped_and_counted_on_two_ranks(tiny_qwen_dir, tmp_path):
     """A validation problem longer than --max-seq-len on one rank's shard: no crash on that rank
     and no hang on the other (all_gather_object), one problem counted as skipped."""
@@ -435,6 +438,7 @@ def test_ddp_long_validation_prompt_is_skipped_and_counted_on_two_ranks(tiny_qwe
     assert ev[0]["skipped_long_prompts"] == 1 and ev[0]["n_problems"] == 3
 
 
+@pytest.mark.slow
 def test_ddp_reinject_queue_is_global_and_the_same_on_both_ranks(tiny_qwen_dir, tmp_path):
     """Re-injection on 2 gloo ranks: after every step both ranks hold the same queue and stream
     position; the prompts queued at a step come from both ranks' shards (gathered), and the
@@ -467,6 +471,7 @@ def check_demo_metrics(out):
     assert [r["step"] for r in rows] == [1, 2] and all(r["world_size"] == 2 for r in rows)
 
 
+@pytest.mark.slow
 def test_ddp_short_demo_runs_under_torchrun(tmp_path):
     """`torchrun --standalone --nproc_per_node 2 demo.py --arms hdpo --max-steps 2`, the demo
     shortened."""
@@ -480,6 +485,7 @@ def test_ddp_short_demo_runs_under_torchrun(tmp_path):
     not os.environ.get("HDPO_DEMO_TESTS"),
     reason="the full demo takes minutes (its warm start): HDPO_DEMO_TESTS=1 runs it",
 )
+@pytest.mark.slow
 def test_ddp_demo_command_runs_under_torchrun(tmp_path):
     """The command, unshortened: torchrun --standalone --nproc_per_node 2 demo.py --arms hdpo
     --max-steps 2."""

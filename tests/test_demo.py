@@ -223,6 +223,9 @@ def test_seeds_run_each_seed_and_report_the_distribution(tmp_path, monkeypatch):
     demo.main(["--output-dir", str(tmp_path), "--max-steps", "1", "--seeds", "3", "4", *DEMO_ARGS])
     res = json.loads((tmp_path / "demo_seeds.json").read_text())
     assert res["seeds"] == [3, 4] and set(res["per_seed"]) == {"3", "4"}
+    assert res["command"].startswith("python demo.py --output-dir ")
+    assert "--seeds 3 4" in res["command"]
+    assert res["machine"]["cores"] == os.cpu_count() and res["threads"] >= 1
     for s in ("3", "4"):
         summary = json.loads((tmp_path / f"seed-{s}" / "demo_summary.json").read_text())
         row = res["per_seed"][s]

@@ -321,6 +321,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_missing_model_one_line_error():
     r = run_cli(
         "--model",

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # `import datasets` fails in the child (None in sys.modules), then the script runs as __main__
@@ -17,6 +19,7 @@ BLOCK_DATASETS = (
 )
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_without_datasets_and_reports(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")

@@ -394,6 +394,7 @@ def test_invalid_flag_values_are_argparse_errors(flag, value, capsys):
     assert flag.lstrip("-").split("-")[0] in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_offline_end_to_end_run_on_random_qwen(tiny_qwen_dir, tmp_path):
     """The issue's command: every prompt is a cliff, no privileged rollout succeeds, losses are
     0."""

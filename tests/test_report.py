@@ -224,6 +224,7 @@ def test_report_to_none_goes_alone(capsys):
     ]
 
 
+@pytest.mark.slow
 def test_no_tracker_or_matplotlib_is_imported_unless_asked_for():
     code = (
         "import sys, hdpo, demo, harness.report, harness.trackers\n"

@@ -430,6 +430,7 @@ def cli_env():
     )
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_resume_continues(tiny_qwen_dir, tmp_path):
     """`python hdpo.py ... --max-steps 1000`, SIGTERM after "step 1/": it finishes the step, writes
     a checkpoint and exits; --resume continues from it."""
