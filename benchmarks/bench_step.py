@@ -2,26 +2,21 @@
 
     python benchmarks/bench_step.py --model DIR --trl-python VENV/bin/python --rounds 3
 
-DIR: a real model folder (SmolLM2-135M-Instruct on the development machine). The setting: the
-first 4 GSM8K test problems (tests/data) x 8 rollouts x exactly 64 new tokens (TRL:
-min_new_tokens = max_completion_length = 64; ours: EOS switched off for the benchmark, so every
-rollout runs to its cap), temperature 1, fp32 on CPU, GRPO without KL (β = 0; TRL's loss_type
-"dapo" is the token-level loss ours computes), one optimiser step per 32 sequences, the same
-deterministic 0/1 reward for both (one bit of SHA-256 of the completion, so about half the
-rollouts are rewarded and both systems do the whole backward). `--new-tokens 4096 --eos --arms
-hdpo` measures our step at the paper's length cap with rollouts that stop at EOS, as in a real
-run (benchmarks/results/bench_step_4096.json). TRL runs with its defaults for
-that batch: per_device_train_batch_size 32, no gradient accumulation.
-
-Arms, each in its own process, so the peak resident memory (VmHWM) is the arm's own:
+DIR: a real model (SmolLM2-135M-Instruct here). The first 4 GSM8K test problems (tests/data) x 8
+rollouts x exactly 64 new tokens (TRL: min_new_tokens = max_completion_length = 64; ours: EOS
+off, so every rollout runs to its cap), temperature 1, fp32 on CPU, β = 0 (TRL's loss_type "dapo"
+is our token-level loss), one optimiser step per 32 sequences (TRL's per_device_train_batch_size
+32, no accumulation), the same 0/1 reward for both (one bit of SHA-256 of the completion: about
+half the rollouts are rewarded, so both do the whole backward). Arms, each in its own process,
+so the peak resident memory (VmHWM) is the arm's own:
   trl          TRL GRPOTrainer (from --trl-python: TRL is never a dependency of this project)
   hdpo         ours, λ = 0 (hdpo.train; its metrics.jsonl step_time_s)
-  hdpo_cliffs  ours, λ = 0.1 and every prompt a cliff (plain rollouts reward 0, privileged ones
-               1): HDPO's extra work, privileged generation and the JSD pass
-The first step of each is a warm-up and is not counted. --rounds N runs the arms N times,
-interleaved (trl, hdpo, hdpo_cliffs, trl, ...), so the machine's drift lands on all of them; the
-table gives medians over rounds and each round's ours/TRL ratio. Writes --output
-(benchmarks/results/bench_step.json).
+  hdpo_cliffs  ours, λ = 0.1, every prompt a cliff (plain rollouts reward 0, privileged ones 1):
+               HDPO's extra work, privileged generation and the JSD pass
+The first step of each is a warm-up, not counted. --rounds N runs the arms N times, interleaved,
+so the machine's drift lands on all of them; the table gives medians over rounds and each round's
+ours/TRL ratio (--output, benchmarks/results/bench_step.json). `--new-tokens 4096 --eos --arms
+hdpo` measures our step at the paper's length cap with rollouts that stop at EOS, as a run does.
 """
 
 import argparse
@@ -146,15 +141,11 @@ def child_hdpo(cfg, out, cliffs):
     hdpo.train(hdpo.parse_args(flags), train_rows=rows(cfg), val_rows=[], reward_fn=reward)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         m = [json.loads(ln) for ln in f if ln.strip()]
-    return {
-        "step_s": [r["step_time_s"] for r in m],
-        "step_cpu_s": cpus,
-        "generation_s": [r["generation_time_s"] for r in m],
-        "train_s": [r["train_time_s"] for r in m],
-        "distill_sequences": [r["distill_sequences"] for r in m],
-        "completion_len_mean": [r["completion_len_mean"] for r in m],
-        "rollout_lengths": lengths,
-    }
+    col = lambda k: [r[k] for r in m]
+    return {"step_s": col("step_time_s"), "step_cpu_s": cpus, "rollout_lengths": lengths,
+            "generation_s": col("generation_time_s"), "train_s": col("train_time_s"),
+            "distill_sequences": col("distill_sequences"),
+            "completion_len_mean": col("completion_len_mean")}  # fmt: skip
 
 
 def child_main(name, cfg):
@@ -186,9 +177,9 @@ def run_child(name, cfg, python, timeout):
     for line in reversed(p.stdout.splitlines()):
         if line.startswith(TAG):
             res = json.loads(line[len(TAG) :])
-            for per_step, median in MEDIANS.items():  # the warm-up step left out
+            for per_step, median in MEDIANS.items():  # the warm-up step left out (if not alone)
                 if per_step in res:
-                    res[median] = statistics.median(res[per_step][1:])
+                    res[median] = statistics.median(res[per_step][1:] or res[per_step])
             print(f"   {name}: {time.perf_counter() - t:.0f} s, median step {res['median_s']:.2f}"
                   f" s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
             return res
@@ -256,7 +247,7 @@ def main(argv=None):
     p.add_argument("--trl-python", default=sys.executable, help="a python with trl installed")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + str(ARMS))
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--steps", type=int, default=3, help="measured steps, after 1 warm-up step")
+    p.add_argument("--steps", type=int, default=3, help="after 1 warm-up step (0: that step alone)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--hdpo-flags", default="", help="extra hdpo.py flags for our arms")
     p.add_argument("--new-tokens", type=int, default=64, help="the cap on new tokens per rollout")
@@ -271,8 +262,8 @@ def main(argv=None):
     arms, rounds = a.arms.split(","), []
     if not a.model:
         p.error("--model DIR is required (a real model folder)")
-    if a.steps < 1 or (a.eos and "trl" in arms):
-        p.error("--steps must be >= 1; --eos is for our arms only (--arms hdpo,hdpo_cliffs)")
+    if a.steps < 0 or (a.eos and "trl" in arms):
+        p.error("--steps must be >= 0; --eos is for our arms only (--arms hdpo,hdpo_cliffs)")
     cfg = dict(model=os.path.abspath(a.model), prompts=4, generations=8, new_tokens=a.new_tokens,
                eos=a.eos, steps=a.steps, threads=a.threads,
                hdpo_flags=a.hdpo_flags.split())  # fmt: skip
