@@ -117,8 +117,8 @@ def child_hdpo(cfg, out, cliffs):
         outs = real(model, tokenizer, prompts, **(kw if cfg.get("eos") else dict(kw, eos_ids=[V])))
         if any("(Hint: the correct final answer is" in p for p in prompts):
             privileged.update(o["text"] for o in outs)
-        else:
-            lengths.append([len(o["completion_ids"]) for o in outs])
+        else:  # each plain rollout's length, and whether a length cap cut it (not finished)
+            lengths.append([(len(o["completion_ids"]), not o["finished"]) for o in outs])
         return outs
 
     hdpo.generate = generate
@@ -227,10 +227,10 @@ def table(R):
             lines.append(f"{name}: generation {r['generation_median_s']:.2f} s, losses and update "
                          f"{r['train_median_s']:.2f} s (medians)")  # fmt: skip
     for name, r in R["arms"].items():
-        for i, ls in enumerate(r.get("rollout_lengths", [])):
-            at_cap = sum(n >= R["setting"]["new_tokens"] for n in ls)
-            lines.append(f"{name} step {i + 1}: rollouts of {statistics.mean(ls):.0f} tokens on "
-                         f"average, longest {max(ls)}, {at_cap} at the cap")  # fmt: skip
+        for i, step in enumerate(r.get("rollout_lengths", [])):
+            n, cut = [x[0] for x in step], sum(x[1] for x in step)
+            lines.append(f"{name} step {i + 1}: rollouts of {statistics.mean(n):.0f} tokens on "
+                         f"average, longest {max(n)}, {cut} cut by a length cap")  # fmt: skip
     by_round = R.get("hdpo_over_trl_by_round", [])
     ok = [x for x in by_round if x is not None]
     if ok:

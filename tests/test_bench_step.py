@@ -52,9 +52,9 @@ def test_the_table_gives_each_rounds_ratio_to_trl():
     assert row.split()[-3:] == ["0.40", "0.39", "0.50"]  # ours/TRL wall, CPU, peak RSS
 
 
-def test_the_table_gives_each_steps_rollout_lengths_against_the_cap():
-    R = {"arms": {"hdpo": dict(arm(40.0, 70.0, 4500.0), rollout_lengths=[[10, 30, 64], [64, 64]])},
-         "setting": {"new_tokens": 64}}  # fmt: skip
+def test_the_table_gives_each_steps_rollout_lengths_and_how_many_a_cap_cut():
+    steps = [[(10, False), (30, False), (64, True)], [(64, True), (64, True)]]
+    R = {"arms": {"hdpo": dict(arm(40.0, 70.0, 4500.0), rollout_lengths=steps)}}
     text = bench_step.table(R)
-    assert "hdpo step 1: rollouts of 35 tokens on average, longest 64, 1 at the cap" in text
-    assert "hdpo step 2: rollouts of 64 tokens on average, longest 64, 2 at the cap" in text
+    assert "step 1: rollouts of 35 tokens on average, longest 64, 1 cut by a length cap" in text
+    assert "step 2: rollouts of 64 tokens on average, longest 64, 2 cut by a length cap" in text
