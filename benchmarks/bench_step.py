@@ -111,14 +111,15 @@ def child_hdpo(cfg, out, cliffs):
     real = hdpo.generate
     privileged = set()  # texts of privileged rollouts (cliffs arm: the reward 1)
 
-    lengths = []  # each step's plain rollout lengths (tokens)
+    lengths, cut = [], []  # each step's plain rollout lengths, and how many a length cap cut
 
     def generate(model, tokenizer, prompts, **kw):  # EOS off unless --eos: rollouts run to the cap
         outs = real(model, tokenizer, prompts, **(kw if cfg.get("eos") else dict(kw, eos_ids=[V])))
         if any("(Hint: the correct final answer is" in p for p in prompts):
             privileged.update(o["text"] for o in outs)
-        else:  # each plain rollout's length, and whether a length cap cut it (not finished)
-            lengths.append([(len(o["completion_ids"]), not o["finished"]) for o in outs])
+        else:
+            lengths.append([len(o["completion_ids"]) for o in outs])
+            cut.append(sum(not o["finished"] for o in outs))
         return outs
 
     hdpo.generate = generate
@@ -143,8 +144,8 @@ def child_hdpo(cfg, out, cliffs):
         m = [json.loads(ln) for ln in f if ln.strip()]
     col = lambda k: [r[k] for r in m]
     return {"step_s": col("step_time_s"), "step_cpu_s": cpus, "rollout_lengths": lengths,
-            "generation_s": col("generation_time_s"), "train_s": col("train_time_s"),
-            "distill_sequences": col("distill_sequences"),
+            "rollouts_cut": cut, "generation_s": col("generation_time_s"),
+            "train_s": col("train_time_s"), "distill_sequences": col("distill_sequences"),
             "completion_len_mean": col("completion_len_mean")}  # fmt: skip
 
 
@@ -227,8 +228,8 @@ def table(R):
             lines.append(f"{name}: generation {r['generation_median_s']:.2f} s, losses and update "
                          f"{r['train_median_s']:.2f} s (medians)")  # fmt: skip
     for name, r in R["arms"].items():
-        for i, step in enumerate(r.get("rollout_lengths", [])):
-            n, cut = [x[0] for x in step], sum(x[1] for x in step)
+        for i, n in enumerate(r.get("rollout_lengths", [])):
+            cut = r["rollouts_cut"][i] if "rollouts_cut" in r else "?"  # older results: no count
             lines.append(f"{name} step {i + 1}: rollouts of {statistics.mean(n):.0f} tokens on "
                          f"average, longest {max(n)}, {cut} cut by a length cap")  # fmt: skip
     by_round = R.get("hdpo_over_trl_by_round", [])

@@ -53,8 +53,8 @@ def test_the_table_gives_each_rounds_ratio_to_trl():
 
 
 def test_the_table_gives_each_steps_rollout_lengths_and_how_many_a_cap_cut():
-    steps = [[(10, False), (30, False), (64, True)], [(64, True), (64, True)]]
-    R = {"arms": {"hdpo": dict(arm(40.0, 70.0, 4500.0), rollout_lengths=steps)}}
+    lengths, cut = [[10, 30, 64], [64, 64]], [1, 2]
+    R = {"arms": {"hdpo": dict(arm(40.0, 70.0, 4500.0), rollout_lengths=lengths, rollouts_cut=cut)}}
     text = bench_step.table(R)
     assert "step 1: rollouts of 35 tokens on average, longest 64, 1 cut by a length cap" in text
     assert "step 2: rollouts of 64 tokens on average, longest 64, 2 cut by a length cap" in text
